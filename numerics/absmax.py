@@ -3,13 +3,16 @@
 Arithmetic follows what accelerators do, in float32 and in this order (IEEE-754 binary32,
 correctly rounded, so every backend reproduces it bit for bit):
 
-    s    = fl32(fl32(amax) / fl32(target))          # decode-convention scale, stored as float32
-    code = encode(fl32(fl32(x) / s))                # element rounding of the float32 quotient
+    s    = max(fl32(fl32(amax) / fl32(target)), 2**-149)   # decode-convention scale (float32)
+    code = encode(clip(fl32(fl32(x) / s), -target, target))  # round the float32 quotient
 
-Inputs are therefore rounded to float32 first (exact for float16/bfloat16/float32 input; a
-float64 input is rounded once, to nearest even). ``target`` defaults to the element's largest
-magnitude used symmetrically (INT8 127, INT4 7) and to 2**15 for HiF8 (its largest finite
-value; a smaller target keeps more values in HiF8's 3-bit-mantissa range |E| <= 3).
+Scaled inputs are therefore rounded to float32 first (exact for float16/bfloat16/float32 input;
+a float64 input is rounded once, to nearest even); unscaled HiF8 (``granularity="none"``) is the
+exact element cast of the input as given. The clip keeps a tiny group whose float32 scale lost
+precision (subnormal) from overflowing, and the floor keeps it from being zeroed.
+``target`` defaults to the element's largest magnitude used symmetrically (INT8 127, INT4 7)
+and to 2**15 for HiF8 (its largest finite value; a smaller target keeps more values in HiF8's
+3-bit-mantissa range |E| <= 3).
 
 Element rounding: nearest-even for INT, "nearest_away" (TA) for HiF8 by default; codes are
 clamped to [-target, target] for INT (symmetric). Zero groups get scale 0 and codes 0. A group
@@ -79,7 +82,7 @@ def absmax_options(fmt: BlockFormat, granularity=None, group_size=None, rounding
     )
 
 
-def group_size_for(opts: AbsmaxOptions, axis_len: int) -> int | None:
+def group_size(opts: AbsmaxOptions) -> int | None:
     """Block size along the axis: None (whole axis) for channel and tensor granularity."""
     return opts.group_size if opts.granularity == "group" else None
 
@@ -93,6 +96,7 @@ def compute_scales(blocks32: np.ndarray, opts: AbsmaxOptions) -> np.ndarray:
         amax = np.max(np.abs(blocks32), axis=-1, initial=np.float32(0))
     amax = amax.astype(np.float32)
     s = (amax / np.float32(opts.target)).astype(np.float32)
+    s = np.where(amax > 0, np.maximum(s, np.float32(2.0**-149)), s)
     bad = ~np.isfinite(amax)
     if blocks32.size:
         has_nan = np.isnan(blocks32).any(axis=-1)
@@ -102,20 +106,20 @@ def compute_scales(blocks32: np.ndarray, opts: AbsmaxOptions) -> np.ndarray:
     return np.where(bad, np.float32(np.nan), s).astype(np.float32)
 
 
-def quantize_blocks(blocks32: np.ndarray, fmt: BlockFormat, opts: AbsmaxOptions,
+def quantize_blocks(blocks: np.ndarray, fmt: BlockFormat, opts: AbsmaxOptions,
                     rbits=None) -> tuple[np.ndarray, np.ndarray | None]:
-    """(codes, float32 scales or None) of float32 blocks."""
+    """(codes, float32 scales or None) of float64 blocks (exact copies of the input)."""
     elem = fmt.element
     if opts.granularity == "none":
-        codes = _encode_f64(blocks32.astype(np.float64), elem, opts.rounding, opts.saturate, rbits)
-        return codes, None
+        return _encode_f64(blocks, elem, opts.rounding, opts.saturate, rbits), None
+    blocks32 = blocks.astype(np.float32)
     s = compute_scales(blocks32, opts)
     bad = ~np.isfinite(s)
     safe = np.where(bad | (s == 0), np.float32(1), s)[..., None]
     y = (blocks32 / safe).astype(np.float32)
     y = np.where(bad[..., None] | (s == 0)[..., None], np.float32(0), y)
+    y = np.clip(y, np.float32(-opts.target), np.float32(opts.target))
     if elem.encoding == "int":
-        y = np.clip(y, -opts.target, opts.target)
         codes = _encode_f64(y.astype(np.float64), elem.replace(symmetric=True), opts.rounding,
                             True, rbits)
     else:

@@ -34,6 +34,7 @@ def quantize(
     prescale: float | bool | None = None,
     rbits=None,
     preset: str | None = None,
+    backend: str | None = None,
     **options,
 ) -> QuantizedTensor:
     """Quantize ``x`` to block format ``fmt`` along ``axis``.
@@ -58,7 +59,15 @@ def quantize(
         **options: scheme options: MX ``inf_policy``, ``code0_divisor``, ``symmetric_int``,
             ``zero_sign``; NVFP4 ``global_amax``, ``algorithm``; INT/HiF8 ``granularity``,
             ``group_size``, ``target``, ``saturate``.
+        backend: "reference" (this module), "numba" or "cupy" (``lowbit.kernels``, bit-identical);
+            None: the fastest available for ``x``'s array type.
     """
+    if backend != "reference":
+        from ..kernels import dispatch
+
+        return dispatch.quantize(x, fmt, backend=backend, axis=axis, scale_rule=scale_rule,
+                                 rounding=rounding, prescale=prescale, rbits=rbits,
+                                 preset=preset, **options)
     spec = block_format(fmt)
     x64 = as_float64(x)
     rb = None if rbits is None else np.broadcast_to(np.asarray(rbits), x64.shape)
@@ -86,9 +95,8 @@ def quantize(
     _reject(spec, preset=preset)
     opts = absmax.absmax_options(spec, rounding=rounding, **_take(options, _ABSMAX_NAMES))
     _no_leftovers(spec, options)
-    b = make_blocking(x64.shape, axis, absmax.group_size_for(opts, x64.shape[axis] if x64.ndim else 0))
-    x32 = x64.astype(np.float32)
-    codes, scales = absmax.quantize_blocks(to_blocks(x32, b), spec, opts, _blocks_or_none(rb, b))
+    b = make_blocking(x64.shape, axis, absmax.group_size(opts))
+    codes, scales = absmax.quantize_blocks(to_blocks(x64, b), spec, opts, _blocks_or_none(rb, b))
     if scales is not None and opts.granularity == "tensor":
         scales = scales.reshape(-1)[:1].reshape(()) if scales.size else np.float32(0)
         return _assemble(spec, b, codes, None, opts, tensor_scale=np.float32(scales))
@@ -125,7 +133,9 @@ def _no_leftovers(spec: BlockFormat, options: dict) -> None:
 def _reject(spec: BlockFormat, **given) -> None:
     for name, val in given.items():
         if val not in (None, False):
-            raise TypeError(f"{name}= applies to MX formats (and presets to MX/NVFP4), not {spec.name}")
+            raise TypeError(
+                f"{name}= applies to MX formats (and presets to MX/NVFP4), not {spec.name}"
+            )
 
 
 def _assemble(spec, b, codes, scales, opts, *, tensor_scale=None, micro=None, prescale=None):
@@ -143,13 +153,18 @@ def _assemble(spec, b, codes, scales, opts, *, tensor_scale=None, micro=None, pr
     )
 
 
-def dequantize(q: QuantizedTensor, *, dtype=np.float32) -> np.ndarray:
+def dequantize(q: QuantizedTensor, *, dtype=np.float32, backend: str | None = None) -> np.ndarray:
     """Decode a ``QuantizedTensor`` to ``dtype`` (default float32) in the input's shape.
 
     MX, NVFP4 and HiF4 values are computed exactly in float64 and rounded once to ``dtype``
     (float32 holds every value except MX blocks whose scale exceeds float32's range, which
     become +-Inf there; pass ``dtype=np.float64`` to keep them). NaN scales give NaN.
+    ``backend`` as in ``quantize``.
     """
+    if backend != "reference":
+        from ..kernels import dispatch
+
+        return dispatch.dequantize(q, dtype=dtype, backend=backend)
     spec = block_format(q.fmt)
     b = make_blocking(q.codes.shape, q.axis, q.block_size)
     codes = to_blocks(q.codes, b)

@@ -24,9 +24,12 @@ Rounding modes (``rounding=``):
 Overflow: with ``saturate=True`` every finite or infinite input beyond the range gives +-max
 (satfinite). With ``saturate=False`` rounding sees a virtual grid point one step above max
 (``ElementFormat.overflow_value``) whose code is Inf, or NaN for formats without Inf, so E4M3
-gives 448 for 464 and NaN for 465, E5M2 Inf from 61440, HiF8 Inf from 40960.
+gives 448 for 464 and NaN for 465, E5M2 Inf from 61440, HiF8 (ties away) Inf from 40960.
+``"toward_zero"`` never overflows a finite input (IEEE 754 section 7.4): it gives +-max.
 
-Special inputs: NaN gives the format's NaN code (``ValueError`` if the format has none);
+Special inputs: NaN gives the format's NaN code (``ValueError`` if the format has none; HiF8
+keeps NaN -> 0x80 with ``saturate=True`` too, where CANN's saturating cast gives 0x00: lowbit
+does not turn NaN into a number silently);
 +-Inf gives +-Inf, else the overflow code, else +-max when saturating; a negative value that
 rounds to zero gives -0 where the format has it (FP8/FP6/FP4), else the zero code. Unsigned
 formats (E8M0, UE4M3, E6M2) give NaN for negative input, and formats without zero (E8M0,
@@ -35,7 +38,7 @@ E6M2) give NaN for a zero input (ml_dtypes' E8M0 convention; torch gives 0x00).
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -61,14 +64,14 @@ def as_float64(x) -> np.ndarray:
     raise TypeError(f"expected a real floating-point array, got dtype {arr.dtype}")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _tables(fmt: ElementFormat, saturate: bool):
     """Sorted finite grid (with virtual overflow points when not saturating), codes and parity."""
     vals = fmt.values
     finite = np.isfinite(vals)
     codes = np.flatnonzero(finite)
     codes = codes[vals[codes] != 0]
-    if fmt.symmetric:
+    if fmt.symmetric and fmt.encoding == "int":
         codes = codes[vals[codes] != fmt.min]
     grid_vals = list(vals[codes])
     grid_codes = list(codes)
@@ -111,7 +114,8 @@ def _check_saturate(fmt: ElementFormat, saturate: bool) -> None:
         )
 
 
-def encode(x, fmt, *, rounding: str | None = None, saturate: bool | None = None, rbits=None):
+def encode(x, fmt, *, rounding: str | None = None, saturate: bool | None = None, rbits=None,
+           backend: str | None = None):
     """Round ``x`` to element format ``fmt`` and return its codes (``uint8``, x's shape).
 
     Args:
@@ -120,7 +124,14 @@ def encode(x, fmt, *, rounding: str | None = None, saturate: bool | None = None,
         rounding: one of ``ROUNDING_MODES``; default the format's (RNE, HiF8 "nearest_away").
         saturate: overflow policy (see module docstring); default the format's.
         rbits: unsigned integer array broadcastable to x, required for ``"stochastic"``.
+        backend: "reference" (this function), "numba" or "cupy" (``lowbit.kernels``,
+            bit-identical); None: the fastest available for ``x``'s array type.
     """
+    if backend != "reference":
+        from ..kernels import dispatch
+
+        return dispatch.encode(x, fmt, rounding=rounding, saturate=saturate, rbits=rbits,
+                               backend=backend)
     spec = element_format(fmt)
     rounding = spec.rounding if rounding is None else rounding
     saturate = spec.saturate if saturate is None else bool(saturate)
@@ -147,6 +158,8 @@ def _encode_f64(v: np.ndarray, spec: ElementFormat, rounding: str, saturate: boo
         raise ValueError(f"{spec.name} cannot represent some inputs (negative or zero)")
 
     w = np.where(undefined, 0.0, v)
+    if rounding == "toward_zero" and not saturate:  # IEEE 754 7.4: finite overflow gives +-max
+        w = np.where(np.isfinite(w), np.clip(w, spec.min, spec.max), w)
     w = np.clip(w, grid[0], grid[-1])  # saturates, or lands on the virtual overflow point
     i = np.searchsorted(grid, w, side="right") - 1
     i = np.clip(i, 0, len(grid) - 2)
@@ -190,8 +203,8 @@ def _stochastic_up(w, small, big, rbits):
     if rbits is None:
         raise ValueError('rounding="stochastic" needs rbits (unsigned random integers per element)')
     r = np.asarray(rbits)
-    if r.dtype.kind != "u":
-        raise TypeError("rbits must have an unsigned integer dtype; its width is the bit count")
+    if r.dtype.kind != "u" or r.dtype.itemsize > 4:
+        raise TypeError("rbits must be uint8, uint16 or uint32; the dtype width is the bit count")
     n = r.dtype.itemsize * 8
     r = np.broadcast_to(r, w.shape).astype(np.float64)
     step = np.abs(big - small)
@@ -212,5 +225,7 @@ def decode(codes, fmt, *, dtype=np.float32) -> np.ndarray:
     if c.dtype.kind not in "iu":
         raise TypeError(f"codes must be integers, got dtype {c.dtype}")
     if c.size and (c.min() < 0 or c.max() >= spec.n_codes):
-        raise ValueError(f"{spec.name} codes are {spec.bits}-bit: got values outside [0, {spec.n_codes})")
+        raise ValueError(
+            f"{spec.name} codes are {spec.bits}-bit: got values outside [0, {spec.n_codes})"
+        )
     return spec.values[c.astype(np.int64)].astype(dtype)

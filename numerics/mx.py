@@ -7,10 +7,15 @@ block's absolute maximum (``np.frexp`` on float64, exact), never from a float32 
 * ``"floor"`` (OCP MX v1.0 section 6.3, the default): ``k = floor(log2 amax) - emax_elem``.
   It routinely saturates the block maximum (957 -> 896 in E4M3).
 * ``"ceil"``: ``k = ceil(log2 amax) - emax_elem`` (torchao CEIL; wastes a binade at powers of 2).
-* ``"rceil"``: the smallest ``k`` with ``amax <= max_normal * 2**k``, i.e. ``amax / max_normal``
-  rounded up to a power of two. For every float32 ``amax`` this equals the hardware rule
-  ``cvt.rp.satfinite.ue8m0x2.f32(fp32(amax * fp32(1/max_normal)))`` used by TransformerEngine and
-  torchao on Blackwell (checked binade-exhaustively in the tests).
+* ``"rceil"``: the hardware round-up rule of TransformerEngine and torchao on Blackwell,
+  ``cvt.rp.satfinite.ue8m0x2.f32(fp32(fp32(amax) * fp32(1 / max_normal)))``: the float32
+  product (emulated exactly: IEEE binary32 multiply, round to nearest even) rounded up to a
+  power of two. ``amax`` is taken in float32 (a float64 input's amax is rounded to float32 first,
+  as the hardware receives float32).
+* ``"rceil_exact"``: the smallest ``k`` with ``amax <= max_normal * 2**k`` in exact arithmetic.
+  It equals ``"rceil"`` for every float32 ``amax`` and every FP element format (checked on
+  whole binades in the tests); for MXINT8, where ``fp32(64/127)`` is inexact, they differ on
+  one float32 significand per binade (pinned in the tests).
 * ``"even"``: ``amax`` first rounded half-up to the element's mantissa width, then floor
   (torchao EVEN).
 
@@ -34,10 +39,10 @@ from .codec import ROUNDING_MODES, _encode_f64
 from .formats import BlockFormat
 from .specs import ElementFormat
 
-SCALE_RULES = ("floor", "ceil", "rceil", "even")
+SCALE_RULES = ("floor", "ceil", "rceil", "rceil_exact", "even")
 INF_POLICIES = ("nan", "max_scale", "exponent_128")
 CODE0_DIVISORS = ("exact", "f32_min_normal", "one")
-ZERO_SIGNS = ("input", "negative")
+ZERO_SIGNS = ("input", "zero_input_negative")
 E8M0_NAN = 0xFF
 
 
@@ -54,8 +59,9 @@ class MXOptions:
             encoded for 2**-126 but decode with 2**-127); ``"one"`` 1.0 (TransformerEngine's
             reciprocal of code 0).
         symmetric_int: MXINT8 only: never emit -2.0 (0x80), clamp to +-127/64 (microxcaling).
-        zero_sign: ``"input"`` keeps the sign of zero results; ``"negative"`` encodes every zero
-            element as -0 (ModelOpt's MXFP4 quirk: +0 -> 0x8).
+        zero_sign: ``"input"`` keeps the sign of the input in zero results;
+            ``"zero_input_negative"`` encodes inputs that are exactly +-0 as -0 (ModelOpt's MXFP4
+            quirk: ``torch.sign(0) == 0`` sets the sign bit, +0 -> 0x8).
     """
 
     scale_rule: str = "floor"
@@ -84,7 +90,9 @@ MX_PRESETS: dict[str, dict] = {
         "scale_rule": "rceil", "inf_policy": "max_scale", "code0_divisor": "one",
     },
     "microxcaling": {"rounding": "nearest_away", "symmetric_int": True},
-    "modelopt": {"scale_rule": "rceil", "rounding": "nearest_zero", "zero_sign": "negative"},
+    "modelopt": {
+        "scale_rule": "rceil", "rounding": "nearest_zero", "zero_sign": "zero_input_negative",
+    },
     "gfloat": {"inf_policy": "max_scale"},
 }
 """Peer presets (formats-mx-nvfp4.md sections 2 and 4). What they do not reproduce: microxcaling
@@ -130,9 +138,13 @@ def scale_exponent(amax: np.ndarray, elem: ElementFormat, rule: str) -> np.ndarr
         bits = elem.man_bits if elem.encoding == "float" else elem.frac_bits
         rounded = np.floor(np.ldexp(m, bits + 1) + 0.5)  # half-up at the element's width
         k = floor_log2 + (rounded >= 2.0 ** (bits + 1)) - elem.emax
-    elif rule == "rceil":
+    elif rule == "rceil_exact":
         mm, em = np.frexp(elem.max)
         k = (e.astype(np.int64) - int(em)) + (m > mm)
+    elif rule == "rceil":
+        d = (safe.astype(np.float32) * (np.float32(1) / np.float32(elem.max))).astype(np.float64)
+        dm, de = np.frexp(np.where(d > 0, d, 1.0))
+        k = np.where(d > 0, de.astype(np.int64) - 1 + (dm != 0.5), -(1 << 20))
     else:
         raise ValueError(f"unknown scale rule {rule!r}; expected one of {SCALE_RULES}")
     return np.where(pos, k, -(1 << 20))
@@ -151,7 +163,9 @@ def quantize_blocks(
     the elements are rounded from ``alpha * x / 2**k`` (the product must be exact in float64,
     which ``check_prescale_exact`` enforces).
     """
-    elem = fmt.element.replace(symmetric=True) if opts.symmetric_int else fmt.element
+    elem = fmt.element
+    if opts.symmetric_int and elem.encoding == "int":
+        elem = elem.replace(symmetric=True)
     absb = np.abs(blocks)
     has_nan = np.isnan(blocks).any(axis=-1)
     has_inf = np.isinf(blocks).any(axis=-1)
@@ -176,8 +190,8 @@ def quantize_blocks(
     y = np.ldexp(vals, -divisor_k[..., None])
     codes = _encode_f64(y, elem, opts.rounding, True, rbits)
     codes = np.where(nan_block[..., None], 0, codes)
-    if opts.zero_sign == "negative" and elem.negative_zero_code is not None:
-        codes = np.where(elem.values[codes] == 0, elem.negative_zero_code, codes)
+    if opts.zero_sign == "zero_input_negative" and elem.negative_zero_code is not None:
+        codes = np.where(blocks == 0, elem.negative_zero_code, codes)
     return codes.astype(np.uint8), scale_codes.astype(np.uint8)
 
 

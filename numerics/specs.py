@@ -251,7 +251,9 @@ def _float(name, bits, e, m, bias, specials, saturate=True, signed=True, subnorm
     )
 
 
-E4M3 = _float("e4m3", 8, 4, 3, 7, "fn", saturate=False, desc="OCP FP8 E4M3 (fn: no Inf, NaN S.1111.111)")
+E4M3 = _float(
+    "e4m3", 8, 4, 3, 7, "fn", saturate=False, desc="OCP FP8 E4M3 (fn: no Inf, NaN S.1111.111)"
+)
 E5M2 = _float("e5m2", 8, 5, 2, 15, "ieee", saturate=False, desc="OCP FP8 E5M2 (IEEE-style Inf/NaN)")
 E3M2 = _float("e3m2", 6, 3, 2, 3, "none", desc="OCP FP6 E3M2 (no Inf/NaN)")
 E2M3 = _float("e2m3", 6, 2, 3, 1, "none", desc="OCP FP6 E2M3 (no Inf/NaN)")
