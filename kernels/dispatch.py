@@ -7,8 +7,8 @@ force the exact reference everywhere), else the fastest backend available for th
 type: numba for NumPy arrays when Numba imports, else the reference.
 
 The numba backend hands the reference the cases it does not cover, with identical results:
-inputs that are not float16/bfloat16/float32/float64 arrays (integers, lists, ...), 64-bit
-``rbits``, and HiF4 on float64 input (its products need the reference's rounding to odd).
+inputs that are not float16/bfloat16/float32/float64 arrays (integers, lists, ...) and HiF4 on
+float64 input (its products need the reference's rounding to odd).
 Float64 input is otherwise handled exactly (MX, element casts; NVFP4 and INT/HiF8 round it to
 float32 first, as the reference does).
 """
@@ -119,13 +119,98 @@ def encode(x, fmt, *, rounding=None, saturate=None, rbits=None, backend: str | N
     if resolve(backend, x) == "reference" or not _kernel_ready(x):
         return codec.encode(x, fmt, backend="reference", **args)
     from . import elementwise
-    from .core import Unsupported, check_rbits
+    from .core import check_rbits
 
     spec = element_format(fmt)
     rounding = spec.rounding if rounding is None else rounding
     saturate = spec.saturate if saturate is None else bool(saturate)
-    try:
-        rb = check_rbits(rbits, rounding)
-    except Unsupported:
-        return codec.encode(x, fmt, backend="reference", **args)
-    return elementwise.encode(x, spec, rounding, saturate, rb)
+    return elementwise.encode(x, spec, rounding, saturate, check_rbits(rbits, rounding))
+
+
+def pack(q, *, scale_layout: str = "linear", backend: str | None = None):
+    """``numerics.packing.pack`` on the chosen backend (same result)."""
+    from lowbit.numerics import packing
+
+    if resolve(backend, q.codes) == "reference" or not isinstance(q.codes, np.ndarray):
+        return packing.pack(q, scale_layout=scale_layout)
+    from . import packing as kpacking
+
+    return kpacking.pack(q, scale_layout)
+
+
+def unpack(p, *, backend: str | None = None):
+    """``numerics.packing.unpack`` on the chosen backend (same result)."""
+    from lowbit.numerics import packing
+
+    if resolve(backend, p.data) == "reference" or not isinstance(p.data, np.ndarray):
+        return packing.unpack(p)
+    from . import packing as kpacking
+
+    return kpacking.unpack(p)
+
+
+# -- the cupy backend (GPU kernels in ``cupy_*.py``; entry points in ``cupy_api``) ----------------
+# ``backend="cupy"``, or ``backend=None`` with a CuPy array / CUDA torch tensor, runs the GPU
+# kernels (results stay on the device); everything else goes to the functions above unchanged.
+
+_resolve_host = resolve
+_quantize_host = quantize
+_dequantize_host = dequantize
+_encode_host = encode
+_pack_host = pack
+
+
+def _on_gpu(x) -> bool:
+    from .cupy_core import is_device_array
+
+    return x is not None and is_device_array(x)
+
+
+def resolve(backend: str | None, x=None) -> str:  # noqa: F811
+    """The backend to use for array ``x``: ``backend`` checked, or the default for ``x``'s type
+    (cupy for CuPy arrays and CUDA torch tensors)."""
+    if backend == "cupy" or (backend is None and _on_gpu(x)):
+        from .cupy_core import cupy_available
+
+        if not cupy_available():
+            raise ImportError("backend='cupy' needs CuPy and a CUDA device")
+        return "cupy"
+    return _resolve_host(backend, x)
+
+
+def quantize(x, fmt, *, backend: str | None = None, **kwargs):  # noqa: F811
+    """``numerics.quantize`` on the chosen backend (same arguments and result)."""
+    if resolve(backend, x) == "cupy":
+        from . import cupy_api
+
+        return cupy_api.quantize(x, fmt, **kwargs)
+    return _quantize_host(x, fmt, backend=backend, **kwargs)
+
+
+def dequantize(q, *, dtype=np.float32, backend: str | None = None):  # noqa: F811
+    """``numerics.dequantize`` on the chosen backend (same result)."""
+    if resolve(backend, q.codes) == "cupy":
+        from . import cupy_api
+
+        return cupy_api.dequantize(q, dtype=dtype)
+    return _dequantize_host(q, dtype=dtype, backend=backend)
+
+
+def encode(x, fmt, *, rounding=None, saturate=None, rbits=None,  # noqa: F811
+           backend: str | None = None):
+    """``numerics.encode`` (element cast) on the chosen backend (same arguments and result)."""
+    if resolve(backend, x) == "cupy":
+        from . import cupy_api
+
+        return cupy_api.encode(x, fmt, rounding=rounding, saturate=saturate, rbits=rbits)
+    return _encode_host(x, fmt, rounding=rounding, saturate=saturate, rbits=rbits,
+                        backend=backend)
+
+
+def pack(q, *, scale_layout: str = "linear", backend: str | None = None):  # noqa: F811
+    """``numerics.packing.pack`` on the chosen backend (same result)."""
+    if resolve(backend, q.codes) == "cupy":
+        from . import cupy_api
+
+        return cupy_api.pack(q, scale_layout=scale_layout)
+    return _pack_host(q, scale_layout=scale_layout, backend=backend)

@@ -142,9 +142,12 @@ def scale_exponent(amax: np.ndarray, elem: ElementFormat, rule: str) -> np.ndarr
         mm, em = np.frexp(elem.max)
         k = (e.astype(np.int64) - int(em)) + (m > mm)
     elif rule == "rceil":
-        d = (safe.astype(np.float32) * (np.float32(1) / np.float32(elem.max))).astype(np.float64)
-        dm, de = np.frexp(np.where(d > 0, d, 1.0))
+        with np.errstate(over="ignore"):  # a float64 amax beyond float32 becomes Inf
+            d = safe.astype(np.float32) * (np.float32(1) / np.float32(elem.max))
+        d = d.astype(np.float64)
+        dm, de = np.frexp(np.where((d > 0) & np.isfinite(d), d, 1.0))
         k = np.where(d > 0, de.astype(np.int64) - 1 + (dm != 0.5), -(1 << 20))
+        k = np.where(np.isinf(d), 1 << 20, k)  # satfinite: the largest scale
     else:
         raise ValueError(f"unknown scale rule {rule!r}; expected one of {SCALE_RULES}")
     return np.where(pos, k, -(1 << 20))

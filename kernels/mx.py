@@ -1,0 +1,317 @@
+"""OCP MX block quantization (every element format, scale rule, rounding mode and option).
+
+One block is 32 consecutive elements of a row; blocks are independent and run in parallel.
+The scale exponent comes from the float64 bits of the block's finite absolute maximum (the
+reference's ``np.frexp`` rules written on the significand), and the elements are rounded by
+``core.encode_one`` with the divisor's power of two applied to the exponent, never by a float
+division. The pre-scale multiplies in float64, exact under ``mx.check_prescale_exact``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import overload
+
+from lowbit.numerics import mx as ref
+from lowbit.numerics.api import DEFAULT_PRESCALE
+from lowbit.numerics.blocks import make_blocking
+from lowbit.numerics.formats import BlockFormat, block_format
+from lowbit.numerics.specs import ElementFormat
+from lowbit.numerics.tensor import QuantizedTensor
+
+from .core import (
+    RNE_FLAGS,
+    bits_f32,
+    check_rbits,
+    element_table,
+    encode_fast,
+    encode_fast32,
+    encode_one,
+    f32_bits_of,
+    f64_bits,
+    fast_params,
+    kernel_input,
+    load,
+    load32,
+    mode_flags,
+    pow2,
+    rbits_width,
+)
+from .elementwise import use_fast
+from .layout import from_rows, rows_rbits, to_rows
+
+BLOCKS_PER_TASK = 256
+SCALE_RULE = {name: i for i, name in enumerate(ref.SCALE_RULES)}
+INF_POLICY = {name: i for i, name in enumerate(ref.INF_POLICIES)}
+CODE0_DIVISOR = {name: i for i, name in enumerate(ref.CODE0_DIVISORS)}
+FLOOR, CEIL, RCEIL, RCEIL_EXACT, EVEN = (
+    SCALE_RULE[r] for r in ("floor", "ceil", "rceil", "rceil_exact", "even")
+)
+INF_NAN, INF_MAX_SCALE, INF_EXP128 = (INF_POLICY[p] for p in ("nan", "max_scale", "exponent_128"))
+DIV_EXACT, DIV_F32_MIN, DIV_ONE = (CODE0_DIVISOR[d] for d in ("exact", "f32_min_normal", "one"))
+# scale parameters (int64 array)
+(S_RULE, S_EMAX, S_EVEN_BITS, S_RCEIL_E, S_RCEIL_SIG, S_INF, S_DIV, S_ZERO_CODE,
+ S_RECIP_BITS, N_SPRM) = range(10)
+SIG_MASK = (1 << 52) - 1
+
+
+def scale_params(elem: ElementFormat, opts: ref.MXOptions) -> tuple[int, ...]:
+    """The per-(element format, options) constants of ``block_scale``."""
+    mm, em = np.frexp(elem.max)
+    p = np.zeros(N_SPRM, dtype=np.int64)
+    p[S_RULE] = SCALE_RULE[opts.scale_rule]
+    p[S_EMAX] = elem.emax
+    p[S_EVEN_BITS] = elem.man_bits if elem.encoding == "float" else elem.frac_bits
+    p[S_RCEIL_E] = int(em)
+    p[S_RCEIL_SIG] = int(np.ldexp(mm, 53))
+    p[S_INF] = INF_POLICY[opts.inf_policy]
+    p[S_DIV] = CODE0_DIVISOR[opts.code0_divisor]
+    nz = elem.negative_zero_code
+    p[S_ZERO_CODE] = nz if (opts.zero_sign == "zero_input_negative" and nz is not None) else -1
+    p[S_RECIP_BITS] = int((np.float32(1) / np.float32(elem.max)).view(np.int32))
+    return tuple(int(v) for v in p)
+
+
+@njit(cache=True, inline="always")
+def scale_exponent(amax: float, sp) -> int:
+    """Unclamped scale exponent k of a finite ``amax >= 0`` (very negative for zero)."""
+    if amax == 0:
+        return -(1 << 20)
+    b = f64_bits(amax)
+    fl = ((b >> 52) & 0x7FF) - 1023
+    if fl == -1023:  # float64 subnormal: normalise
+        b = f64_bits(amax * pow2(64))
+        fl = ((b >> 52) & 0x7FF) - 1023 - 64
+    sig = (b & SIG_MASK) | (np.int64(1) << 52)
+    rule = sp[S_RULE]
+    if rule == FLOOR:
+        return fl - sp[S_EMAX]
+    if rule == CEIL:
+        return fl + ((b & SIG_MASK) != 0) - sp[S_EMAX]
+    if rule == EVEN:
+        return fl + (sig >= (np.int64(1) << 53) - (np.int64(1) << (51 - sp[S_EVEN_BITS]))) \
+            - sp[S_EMAX]
+    if rule == RCEIL_EXACT:
+        return fl + 1 - sp[S_RCEIL_E] + (sig > sp[S_RCEIL_SIG])
+    # RCEIL: float32 product amax * fl32(1 / max) rounded up to a power of two
+    d = np.float32(amax) * bits_f32(np.int32(sp[S_RECIP_BITS]))
+    if d == 0:
+        return -(1 << 20)
+    if d == np.inf:
+        return 1 << 20  # satfinite: the largest scale
+    db = f64_bits(np.float64(d))
+    return ((db >> 52) & 0x7FF) - 1023 + ((db & SIG_MASK) != 0)
+
+
+@njit(cache=True, inline="always")
+def block_scale(amax: float, has_nan: bool, has_inf: bool, sp) -> tuple[int, int, bool]:
+    """(E8M0 scale code, divisor exponent, NaN block) of one block."""
+    k = min(max(scale_exponent(amax, sp), -127), 127)
+    policy = sp[S_INF]
+    if has_inf and policy == INF_MAX_SCALE:
+        k = 127
+    elif has_inf and policy == INF_EXP128:
+        k = 128 - sp[S_EMAX]
+    code = k + 127
+    nan_block = has_nan or (has_inf and policy == INF_NAN)
+    if nan_block:
+        code = ref.E8M0_NAN
+    div = sp[S_DIV]
+    if div == DIV_F32_MIN:
+        k = max(k, -126)
+    elif div == DIV_ONE and code == 0:
+        k = 0
+    return code, k, nan_block
+
+
+@njit(cache=True, inline="always")
+def _block_stats_bits(x, start, stop) -> tuple[float, bool, bool]:
+    """(finite absolute maximum, has NaN, has Inf) of a block, on float32 bit patterns."""
+    amax_bits = 0
+    big = 0
+    for i in range(start, stop):
+        a = f32_bits_of(x, i) & 0x7FFFFFFF
+        amax_bits = max(amax_bits, a if a < 0x7F800000 else 0)
+        big = max(big, a)
+    return np.float64(bits_f32(np.int32(amax_bits))), big > 0x7F800000, big == 0x7F800000
+
+
+def block_stats(x, start, stop):
+    """(finite absolute maximum, has NaN, has Inf) of a block; jitted through the overload."""
+
+
+@overload(block_stats, inline="always")
+def _block_stats_overload(x, start, stop):
+    if x.dtype == types.float64:
+        return lambda x, start, stop: _block_stats(x, start, stop)
+    return lambda x, start, stop: _block_stats_bits(x, start, stop)
+
+
+@njit(cache=True, inline="always")
+def _block_stats(x, start, stop) -> tuple[float, bool, bool]:
+    """(finite absolute maximum, has NaN, has Inf) of a block of any input dtype."""
+    amax = 0.0
+    n_nan = 0
+    n_inf = 0
+    for i in range(start, stop):
+        a = abs(load(x, i))
+        amax = max(amax, a if a < np.inf else 0.0)
+        n_nan += a != a
+        n_inf += a == np.inf
+    return amax, n_nan > 0, n_inf > 0
+
+
+@njit(cache=True, inline="always")
+def _block_bounds(blk: int, nb: int, length: int, bs: int) -> tuple[int, int]:
+    """Flat [start, stop) of block ``blk`` of a ``(rows, length)`` array cut into ``nb`` blocks."""
+    row = blk // nb
+    start = row * length + (blk - row * nb) * bs
+    return start, min(start + bs, (row + 1) * length)
+
+
+@njit(cache=True, inline="always")
+def _finish_block(x, codes, start, stop, nan_block, zcode) -> None:
+    """NaN blocks get code 0; ``zcode >= 0`` encodes every +-0 input as -0 (``zero_sign``)."""
+    for i in range(start, stop):
+        c = 0 if nan_block else codes[i]
+        codes[i] = zcode if (zcode >= 0 and load(x, i) == 0) else c
+
+
+@njit(parallel=True, cache=True)
+def _quantize_fast32(x, length, bs, flags, fp, sp, codes, scales):
+    """Deterministic rounding of float32/bfloat16/float16 input in float32 arithmetic."""
+    nb = -(-length // bs)
+    total = scales.size
+    rne = flags[2] == 1
+    for task in prange((total + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
+        for blk in range(task * BLOCKS_PER_TASK, min(total, (task + 1) * BLOCKS_PER_TASK)):
+            start, stop = _block_bounds(blk, nb, length, bs)
+            amax, has_nan, has_inf = _block_stats_bits(x, start, stop)
+            code, k, nan_block = block_scale(amax, has_nan, has_inf, sp)
+            scales[blk] = code
+            sc = np.float32(pow2(-k))
+            if rne:  # the default mode, constant-folded
+                for i in range(start, stop):
+                    codes[i] = encode_fast32(load32(x, i), sc, RNE_FLAGS, fp)
+            else:
+                for i in range(start, stop):
+                    codes[i] = encode_fast32(load32(x, i), sc, flags, fp)
+            if nan_block or sp[S_ZERO_CODE] >= 0:
+                _finish_block(x, codes, start, stop, nan_block, sp[S_ZERO_CODE])
+
+
+@njit(parallel=True, cache=True)
+def _quantize_fast(x, length, bs, alpha, flags, fp, sp, codes, scales):
+    nb = -(-length // bs)
+    total = scales.size
+    for task in prange((total + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
+        for blk in range(task * BLOCKS_PER_TASK, min(total, (task + 1) * BLOCKS_PER_TASK)):
+            start, stop = _block_bounds(blk, nb, length, bs)
+            amax, has_nan, has_inf = block_stats(x, start, stop)
+            code, k, nan_block = block_scale(amax, has_nan, has_inf, sp)
+            scales[blk] = code
+            for i in range(start, stop):
+                codes[i] = encode_fast(load(x, i) * alpha, k, flags, fp)
+            if nan_block or sp[S_ZERO_CODE] >= 0:
+                _finish_block(x, codes, start, stop, nan_block, sp[S_ZERO_CODE])
+
+
+@njit(parallel=True, cache=True)
+def _quantize_generic(x, length, bs, alpha, rb, rstride, nbits, flags, tab, prm, sp,
+                      codes, scales):
+    nb = -(-length // bs)
+    total = scales.size
+    for task in prange((total + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
+        for blk in range(task * BLOCKS_PER_TASK, min(total, (task + 1) * BLOCKS_PER_TASK)):
+            start, stop = _block_bounds(blk, nb, length, bs)
+            amax, has_nan, has_inf = _block_stats(x, start, stop)
+            code, k, nan_block = block_scale(amax, has_nan, has_inf, sp)
+            scales[blk] = code
+            for i in range(start, stop):
+                y = 0.0 if nan_block else load(x, i) * alpha
+                codes[i] = encode_one(y, k, flags, rb[i * rstride], nbits, tab, prm)
+            _finish_block(x, codes, start, stop, nan_block, sp[S_ZERO_CODE])
+
+
+def quantize_rows(x2, fmt: BlockFormat, opts: ref.MXOptions, alpha, rb, rstride, nbits):
+    """(codes ``(rows, length)`` uint8, E8M0 scales ``(rows, n_blocks)`` uint8) of a 2-D array."""
+    elem = fmt.element
+    if opts.symmetric_int and elem.encoding == "int":
+        elem = elem.replace(symmetric=True)
+    flags = mode_flags(opts.rounding)
+    fp = fast_params(elem, True)
+    sp = scale_params(elem, opts)
+    rows, length = x2.shape
+    bs = fmt.block_size
+    codes = np.empty((rows, length), dtype=np.uint8)
+    scales = np.empty((rows, -(-length // bs)), dtype=np.uint8)
+    flat, c1, s1 = x2.reshape(-1), codes.reshape(-1), scales.reshape(-1)
+    scale = 1.0 if alpha is None else alpha
+    if use_fast(fp, flags) and alpha is None and x2.dtype != np.float64:
+        _quantize_fast32(flat, length, bs, flags, fp, sp, c1, s1)
+    elif use_fast(fp, flags):
+        _quantize_fast(flat, length, bs, scale, flags, fp, sp, c1, s1)
+    else:
+        tab, prm = element_table(elem, True)
+        _quantize_generic(flat, length, bs, scale, rb, rstride,
+                          nbits, flags, tab, prm, sp, c1, s1)
+    return codes, scales
+
+
+@njit(parallel=True, cache=True)
+def _dequantize(codes, scales, length, bs, lut, alpha, out):
+    nb = -(-length // bs)
+    total = scales.size
+    for task in prange((total + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
+        for blk in range(task * BLOCKS_PER_TASK, min(total, (task + 1) * BLOCKS_PER_TASK)):
+            sc = np.int64(scales[blk])
+            s = np.nan if sc == ref.E8M0_NAN else pow2(sc - 127)
+            start, stop = _block_bounds(blk, nb, length, bs)
+            if alpha == 1.0:
+                for i in range(start, stop):
+                    out[i] = lut[codes[i]] * s
+            else:
+                for i in range(start, stop):
+                    out[i] = lut[codes[i]] * s / alpha
+
+
+def dequantize_rows(codes2, scales2, fmt: BlockFormat, alpha, out_dtype) -> np.ndarray:
+    """float32 or float64 values of 2-D MX codes (exact in float64, one rounding to float32)."""
+    out = np.empty(codes2.shape, dtype=out_dtype)
+    _dequantize(codes2.reshape(-1), scales2.reshape(-1), codes2.shape[1], fmt.block_size,
+                fmt.element.values, 1.0 if alpha is None else alpha, out.reshape(-1))
+    return out
+
+
+def quantize(x: np.ndarray, spec: BlockFormat, axis: int, scale_rule, rounding, prescale, rbits,
+             preset, options: dict) -> QuantizedTensor:
+    """``numerics.quantize`` for an MX format (same arguments, same result)."""
+    opts = ref.mx_options(preset, scale_rule=scale_rule, rounding=rounding, **options)
+    alpha = DEFAULT_PRESCALE if prescale is True else (
+        None if prescale in (None, False) else float(prescale))
+    if alpha is not None:  # alpha * x is exact unless alpha has > 29 bits or x is float64
+        ref.check_prescale_exact(x if _check_needs_data(x, alpha) else np.zeros(0), alpha)
+    b = make_blocking(x.shape, axis, spec.block_size)
+    rb = check_rbits(rbits, opts.rounding)
+    rb2, rstride = rows_rbits(rb, b)
+    codes, scales = quantize_rows(to_rows(kernel_input(x), b), spec, opts, alpha, rb2, rstride,
+                                  rbits_width(rb))
+    return QuantizedTensor(
+        fmt=spec.name, codes=from_rows(codes, b), scales=from_rows(scales, b), axis=b.axis,
+        block_size=b.block_size, pad=b.pad, prescale=alpha, options=dict(vars(opts)),
+    )
+
+
+def _check_needs_data(x: np.ndarray, alpha: float) -> bool:
+    return x.dtype == np.float64 or int(ref._significant_bits(np.array([alpha]))[0]) > 29
+
+
+def dequantize(q: QuantizedTensor, dtype) -> np.ndarray:
+    """``numerics.dequantize`` of an MX ``QuantizedTensor``."""
+    spec = block_format(q.fmt)
+    b = make_blocking(q.codes.shape, q.axis, q.block_size)
+    out_dtype = np.dtype(dtype) if np.dtype(dtype) in (np.float32, np.float64) else np.float64
+    out = dequantize_rows(to_rows(q.codes, b), to_rows(q.scales, b, b.n_blocks), spec,
+                          q.prescale, out_dtype)
+    return from_rows(out, b).astype(dtype, copy=False)
