@@ -1,0 +1,179 @@
+"""INT8 / INT4 / HiF8 float-scaled formats on the GPU (``numerics.absmax``).
+
+``granularity="none"`` (HiF8's default) is the element cast (``cupy_elementwise``). Scaled
+granularities take two passes: one warp per group computes the float32 amax and the scale
+``max(fl32(amax / target), 2**-149)`` (NaN for groups with NaN/Inf; per tensor, the maximum of the
+group scales, as the reference), then every element is ``encode(clip(fl32(x32 / s), +-target))``
+with the generated encoder of the (symmetric, for INT) element format.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from lowbit.numerics import absmax as ref
+from lowbit.numerics.api import _ABSMAX_NAMES, _no_leftovers, _take
+from lowbit.numerics.blocks import make_blocking
+from lowbit.numerics.formats import block_format
+from lowbit.numerics.tensor import QuantizedTensor
+
+from . import cupy_core as cc
+from . import cupy_elementwise as ew
+
+SCALES_SRC = r"""
+__device__ __forceinline__ float x32_at(const in_t *x, i64 i) {
+#if IN_KIND == 3
+    return f64_to_f32(x[i]);
+#else
+    return __uint_as_float(ld_bits32(x, i));
+#endif
+}
+extern "C" __global__ void am_scales(const in_t *__restrict__ x, float *__restrict__ scales,
+                                     i64 rows, i64 length, i64 nb, i64 gs, float target) {
+    i64 w = ((i64)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x & 31;
+    if (w >= rows * nb) return;
+    i64 row = w / nb, cb = w - row * nb;
+    i64 start = cb * gs, stop = min(start + gs, length);
+    u32 m = 0;  /* float32 bits of max |x| (NaN bits above Inf) */
+    for (i64 j = start + lane; j < stop; j += 32)
+        m = max(m, __float_as_uint(x32_at(x, row * length + j)) & 0x7FFFFFFFu);
+    for (int o = 16; o > 0; o >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if (lane == 0) {
+        float s;
+        if (m >= 0x7F800000u) s = __int_as_float(0x7fc00000);   /* NaN or Inf in the group */
+        else {
+            s = f32_div(__uint_as_float(m), target);
+            if (m > 0 && __float_as_uint(s) < 1u) s = __uint_as_float(1u);   /* 2**-149 */
+            if (!f32_finite(s)) s = __int_as_float(0x7fc00000);
+        }
+        scales[w] = s;
+    }
+}
+
+extern "C" __global__ void am_quant(const in_t *__restrict__ x, const float *__restrict__ scales,
+                                    const u32 *__restrict__ rb, int nbits,
+                                    unsigned char *__restrict__ codes, i64 rows, i64 length,
+                                    i64 nb, i64 gs, float target, int tensor) {
+    TABLE_PROLOGUE
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= rows * length) return;
+    i64 row = i / length, col = i - row * length;
+    float s = scales[tensor ? 0 : row * nb + col / gs];
+    bool zero = !f32_finite(s) || f32_is_zero(s);
+    float y = zero ? 0.0f : f32_div(x32_at(x, i), s);
+    y = f32_min(f32_max(y, -target), target);
+    Mag<u32> m = mag_f32(__float_as_uint(y));
+#if STOCH
+    codes[i] = (unsigned char)EL_enc<u64>(widen(m), 0, rb[i], nbits EL_ARG);
+#else
+    codes[i] = (unsigned char)EL_enc<u32>(m, 0, 0u, 0 EL_ARG);
+#endif
+}
+"""
+
+DEQUANT_SRC = r"""
+extern "C" __global__ void am_dequant(const unsigned char *__restrict__ codes,
+                                      const float *__restrict__ scales,
+                                      const float *__restrict__ lut,
+                                      out_t *__restrict__ out, i64 rows, i64 length, i64 nb,
+                                      i64 gs, int mode) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= rows * length) return;
+    float v = lut[codes[i]];
+    if (mode == 1) {
+        i64 row = i / length, col = i - row * length;
+        v = f32_mul(v, scales[row * nb + col / gs]);
+    } else if (mode == 2) {
+        v = f32_mul(v, scales[0]);
+    }
+    out[i] = st_f32(v);
+}
+"""
+
+
+@functools.cache
+def _source(spec, elem, saturate, rounding, in_kind) -> str:
+    stoch = rounding == "stochastic"
+    enc = cc.encoder_source("EL", elem, saturate, rounding)
+    prologue, tab_arg = cc.table_prologue("EL", elem, saturate)
+    return (cc.prelude(in_kind) + f"#define STOCH {int(stoch)}\n" + enc
+            + f"#define TABLE_PROLOGUE {prologue.replace(chr(10), ' ')}\n"
+            + f"#define EL_ARG {tab_arg}\n" + SCALES_SRC)
+
+
+def quantize(x, fmt, axis=-1, rounding=None, rbits=None, preset=None, **options) -> QuantizedTensor:
+    import cupy as cp
+
+    spec = block_format(fmt)
+    if preset not in (None, False):
+        raise TypeError(f"preset= applies to MX formats (and presets to MX/NVFP4), not {spec.name}")
+    opts = ref.absmax_options(spec, rounding=rounding, **_take(options, _ABSMAX_NAMES))
+    _no_leftovers(spec, options)
+    if opts.rounding == "stochastic" and rbits is None:
+        raise ValueError('rounding="stochastic" needs rbits (unsigned random integers per element)')
+    arr, name = cc.as_cupy(x)
+    in_kind = cc.dtype_kind(name)
+    b = make_blocking(arr.shape, axis, ref.group_size(opts))
+    is_int = spec.element.encoding == "int"
+    elem = spec.element.replace(symmetric=True) if is_int else spec.element
+    saturate = True if is_int else opts.saturate
+    if opts.granularity == "none":
+        codes, err = ew.encode_dev(x, elem, opts.rounding, saturate, rbits)
+        if int(err.get()[0]):
+            raise ValueError(f"{elem.name} has no NaN code but the input contains NaN")
+        return QuantizedTensor(fmt=spec.name, codes=cc.to_like(codes, x), scales=None,
+                               axis=b.axis, block_size=b.block_size, pad=b.pad,
+                               options=dict(vars(opts)))
+    x2 = cc.rows_of(arr, b)
+    rows, length, nb, gs = x2.shape[0], b.length, b.n_blocks, b.block_size
+    src = _source(spec, elem, saturate, opts.rounding, in_kind)
+    scales = cp.empty((rows, nb), cp.float32)
+    t32 = np.float32(opts.target)
+    cc.launch(cc.kernel(src, "am_scales"), rows * nb * 32,
+              (x2, scales, np.int64(rows), np.int64(length), np.int64(nb), np.int64(gs), t32))
+    tensor = opts.granularity == "tensor"
+    if tensor and scales.size:
+        s_all = cp.where(cp.isnan(scales).any(), cp.float32(np.nan), scales.max())
+        scales = cp.full((rows, nb), s_all, dtype=cp.float32)
+    rb, nbits = cc.rbits_u32(rbits if opts.rounding == "stochastic" else None, arr.shape,
+                             lambda r: cc.rows_of(r, b))
+    codes = cp.empty((rows, length), cp.uint8)
+    cc.launch(cc.kernel(src, "am_quant"), rows * length,
+              (x2, scales, rb, np.int32(nbits), codes, np.int64(rows), np.int64(length),
+               np.int64(nb), np.int64(gs), t32, np.int32(0)))
+    codes_t = cc.to_like(cc.from_rows_dev(codes, b), x)
+    if tensor:
+        ts = np.float32(scales.reshape(-1)[0].get()) if scales.size else np.float32(0)
+        return QuantizedTensor(fmt=spec.name, codes=codes_t, scales=None, axis=b.axis,
+                               block_size=b.block_size, tensor_scale=ts, pad=b.pad,
+                               options=dict(vars(opts)))
+    return QuantizedTensor(fmt=spec.name, codes=codes_t,
+                           scales=cc.to_like(cc.from_rows_dev(scales, b), x), axis=b.axis,
+                           block_size=b.block_size, pad=b.pad, options=dict(vars(opts)))
+
+
+def dequantize(q: QuantizedTensor, dtype=np.float32):
+    import cupy as cp
+
+    spec = block_format(q.fmt)
+    codes = cc.dev(q.codes)
+    b = make_blocking(codes.shape, q.axis, q.block_size)
+    name = cc.out_dtype_name(dtype)
+    c2 = cc.rows_of(codes, b)
+    rows, length, nb = c2.shape[0], b.length, b.n_blocks
+    if q.scales is not None:
+        s2, mode = cc.rows_with(cc.dev(q.scales), b, nb).astype(cp.float32), 1
+    elif q.tensor_scale is not None:
+        s2, mode = cp.asarray(np.array([q.tensor_scale], np.float32)), 2
+    else:
+        s2, mode = cp.zeros(1, cp.float32), 0
+    lut = cp.asarray(spec.element.values.astype(np.float32))
+    out = cc.alloc_out((rows, length), name)
+    src = cc.prelude(0, cc.KIND[name]) + DEQUANT_SRC
+    cc.launch(cc.kernel(src, "am_dequant"), rows * length,
+              (c2, s2, lut, out, np.int64(rows), np.int64(length), np.int64(nb),
+               np.int64(b.block_size), np.int32(mode)))
+    return cc.wrap_float_out(cc.from_rows_dev(out, b), name, q.codes)
