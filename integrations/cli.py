@@ -7,6 +7,9 @@ per subcommand, registered in ``COMMANDS``; add a subcommand by adding a pair th
                   [-O KEY=VALUE ...] [--max-report N] [--json out.json]
     lowbit golden FORMAT --input x.npy --out vectors.json [--kind block|element] [--axis A]
                   [--scale-rule R] [--rounding R] [--preset P] [-O KEY=VALUE ...]
+    lowbit moe convert|finetune|eval ...  (dense -> MoE restructuring, ``cli_moe``)
+    lowbit study ptq ...           (PTQ grid on a language model, ``cli_study``)
+    lowbit tts calibrate|pool|plan|run ...  (latency-aware test-time scaling, ``cli_tts``)
 
 Imports of the library happen inside the commands, so ``lowbit --help`` stays fast and no
 command pulls in torch or transformers unless it needs them.
@@ -18,6 +21,8 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+
+from . import cli_moe, cli_study, cli_tts
 
 EXIT_OK, EXIT_MISMATCH, EXIT_ERROR = 0, 1, 2
 
@@ -191,6 +196,9 @@ COMMANDS: dict[str, Command] = {
     "verify": (_add_verify, _run_verify,
                "compare a foreign kernel's codes and scales with the reference"),
     "golden": (_add_golden, _run_golden, "export golden vectors (JSON) for an input"),
+    "moe": (cli_moe.add_moe, cli_moe.run_moe, cli_moe.HELP),
+    "study": (cli_study.add_study, cli_study.run_study_cmd, cli_study.HELP),
+    "tts": (cli_tts.add_tts, cli_tts.run_tts, cli_tts.HELP),
 }
 
 if __name__ == "__main__":

@@ -1,0 +1,79 @@
+"""``lowbit study ptq``: argument parsing and action (registered in ``cli.COMMANDS``).
+
+    lowbit study ptq [--model M] [--default-grid] [--weights W ...] [--activations A ...]
+                     [--kv-cache K ...] [--methods M ...] [--seq-len L] [--eval-tokens N]
+                     [--calib-segments N] [--out PREFIX] [-M KEY=VALUE ...] [--quiet]
+
+Specs are format names with options (``mxfp4``, ``mxfp8_e4m3:scale_rule=rceil``,
+``int4:group_size=32``, ``none``); ``same`` as an activation or KV spec means the weight format.
+The grid is every combination plus the unquantized baseline; ``--default-grid`` runs the
+issue's default (W8A8 MXFP8/HiF8, W4A16 and W4A4 in MXFP4/NVFP4/HiF4/INT4, RTN and GPTQ).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = "quantization studies on language models (lowbit study ptq ...)"
+
+
+def add_study(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="study", required=True, metavar="STUDY")
+    q = sub.add_parser("ptq", help="post-training quantization grid on one model",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    q.add_argument("--model", default="smollm2-135m",
+                   help="smollm2-135m (embedded, default), qwen2.5-coder-0.5b, a local HF "
+                   "directory or hub id, tiny-llama / tiny-qwen2")
+    q.add_argument("--default-grid", action="store_true", help="the default study grid")
+    q.add_argument("--weights", nargs="+", default=["mxfp4"])
+    q.add_argument("--activations", nargs="+", default=["none"])
+    q.add_argument("--kv-cache", nargs="+", default=["none"])
+    q.add_argument("--methods", nargs="+", default=["rtn"],
+                   help="rtn gptq mrgptq smoothquant awq quarot")
+    q.add_argument("--seq-len", type=int, default=256)
+    q.add_argument("--eval-tokens", type=int, default=4096)
+    q.add_argument("--calib-segments", type=int, default=16)
+    q.add_argument("--batch-size", type=int, default=4)
+    q.add_argument("-M", "--method-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="method option (damp, act_order, scales, alpha, rotation_size, ...)")
+    q.add_argument("--out", default="ptq_study", help="output prefix (.json, .md, .png)")
+    q.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda); fake "
+                   "quantization runs on the CPU unless a kernel is registered for the device")
+    q.add_argument("--quiet", action="store_true")
+
+
+def run_study_cmd(args: argparse.Namespace) -> int:
+    from .study import build_grid, default_grid, run_study, write_outputs
+
+    opts = {}
+    for item in args.method_option:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"--method-option expects KEY=VALUE, got {item!r}")
+        try:
+            opts[key] = json.loads(text)
+        except json.JSONDecodeError:
+            opts[key] = text
+    if args.default_grid:
+        grid = default_grid()
+    else:
+        grid = build_grid(args.weights, args.activations, args.kv_cache, args.methods)
+    command = "lowbit study ptq " + " ".join(
+        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+        for k, v in vars(args).items() if k not in ("run", "command", "study", "quiet",
+                                                    "method_option", "default_grid")
+    ) + (" --default-grid" if args.default_grid else "")
+
+    def on_row(result):
+        result["command"] = command
+        write_outputs(result, args.out, plot=False)
+
+    result = run_study(args.model, grid, seq_len=args.seq_len, eval_tokens=args.eval_tokens,
+                       calib_segments=args.calib_segments, batch_size=args.batch_size,
+                       method_options=opts, progress=not args.quiet, device=args.device,
+                       on_row=on_row)
+    result["command"] = command
+    for path in write_outputs(result, args.out):
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,108 @@
+"""Real execution on a Hugging Face model: prompts, a sample pool, and running a plan (B
+branches, draft length gamma, one batched speculative loop) on a problem, timed."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from .answers import aggregate, extract_answer
+from .planner import Plan
+from .pool import Problem, Sample, SamplePool
+from .problems import Task
+from .speculative import ModelDrafter, PromptLookupDrafter, generate
+
+INSTRUCTION = ("Solve the problem. Think step by step, then give the final answer as a number "
+               "on the last line in the form '#### <number>'.")
+
+
+def encode_chat(tok, text: str, system: str | None = None) -> list[int]:
+    """Token ids of a one-turn chat prompt (generation prompt appended)."""
+    msgs = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": text}]
+    rendered = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    return list(tok(rendered, add_special_tokens=False)["input_ids"])
+
+
+def task_prompt(tok, task: Task) -> list[int]:
+    return encode_chat(tok, f"{task.question}\n\n{INSTRUCTION}")
+
+
+def make_drafter(kind: str, draft_model=None):
+    """``"lookup"`` (prompt lookup), ``"model"`` (``draft_model``) or ``"none"``."""
+    if kind == "lookup":
+        return PromptLookupDrafter()
+    if kind == "model":
+        if draft_model is None:
+            raise ValueError("drafter 'model' needs a draft model")
+        return ModelDrafter(draft_model)
+    if kind == "none":
+        return None
+    raise ValueError(f"unknown drafter {kind!r}")
+
+
+def _ids(tok) -> dict:
+    eos = tok.eos_token_id
+    return {"eos_token_id": eos, "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None
+            else (eos or 0)}
+
+
+def sample_pool(model, tok, tasks: list[Task], k: int, *, temperature: float = 0.7,
+                max_new_tokens: int = 256, seed: int = 0, meta: dict | None = None) -> SamplePool:
+    """Pre-sample ``k`` solutions per task (one batch of k rows, plain decoding) into a pool."""
+    problems, prompt_lens = [], []
+    for i, task in enumerate(tasks):
+        prompt = task_prompt(tok, task)
+        prompt_lens.append(len(prompt))
+        g = generate(model, [prompt] * k, max_new_tokens=max_new_tokens,
+                     temperature=temperature, seed=seed + i, **_ids(tok))
+        samples = []
+        for toks, lp in zip(g.tokens, g.logprob, strict=True):
+            ans = extract_answer(tok.decode(toks, skip_special_tokens=True))
+            samples.append(Sample(ans, ans == task.reference, len(toks), lp / max(len(toks), 1)))
+        problems.append(Problem(task.id, task.reference, tuple(samples), task.question))
+    return SamplePool(tuple(problems), dict(
+        meta or {}, k=k, temperature=temperature, max_new_tokens=max_new_tokens,
+        prompt_tokens=int(sorted(prompt_lens)[len(prompt_lens) // 2])))
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One executed plan on one task: the voted ``answer``, ``correct``, wall-clock
+    ``latency_s``, per-branch ``lengths`` and ``answers``, target ``forwards`` and logged
+    ``(proposed, accepted)`` verify ``steps``."""
+
+    task_id: str
+    answer: str | None
+    correct: bool
+    latency_s: float
+    lengths: tuple[int, ...]
+    answers: tuple[str | None, ...]
+    forwards: int
+    steps: tuple[tuple[int, int], ...]
+
+
+def run_plan(model, tok, task: Task, plan: Plan, *, drafter=None, temperature: float = 0.7,
+             seed: int = 0, deadline_s: float | None = None, early: bool = False) -> RunResult:
+    """Execute ``plan`` (B rows of the task prompt, draft length gamma, per-branch budget n_max)
+    and vote with ``plan.method`` (reward-model methods need a reward model: not supported)."""
+    if plan.method not in ("majority", "weighted"):
+        raise NotImplementedError(f"executing method {plan.method!r} needs a reward model")
+    prompt = task_prompt(tok, task)
+
+    def answer_of(toks):
+        return extract_answer(tok.decode(toks, skip_special_tokens=True))
+
+    t0 = time.perf_counter()
+    g = generate(model, [prompt] * plan.b, max_new_tokens=max(plan.n_max, 1), gamma=plan.gamma,
+                 drafter=drafter if plan.gamma else None, temperature=temperature, seed=seed,
+                 deadline_s=deadline_s, answer_of=answer_of if early else None, **_ids(tok))
+    latency = time.perf_counter() - t0
+    answers = [answer_of(t) if s in ("eos", "length") else None
+               for t, s in zip(g.tokens, g.stop, strict=True)]
+    lens = [len(t) for t in g.tokens]
+    voted = aggregate(plan.method, answers, logprobs=[lp / max(n, 1)
+                                                      for lp, n in zip(g.logprob, lens,
+                                                                       strict=True)])
+    return RunResult(task.id, voted, voted == task.reference, latency, tuple(lens),
+                     tuple(answers), g.forwards, tuple(g.steps))
