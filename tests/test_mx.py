@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from vectors import codes_from_hex, f32_from_hex, load
 
 from lowbit import numerics as ln
+from lowbit.numerics.conformance import MX_PEERS
 from lowbit.numerics.mx import scale_exponent
 
 MX_BY_ELEMENT = {
@@ -22,22 +23,6 @@ MX_BY_ELEMENT = {
 }
 MX_FORMATS = ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4", "mxint8"]
 
-# how each peer of mx.json is reproduced (quantize keyword arguments)
-PEER_OPTIONS = {
-    "REF exact FLOOR": {},
-    "ml_dtypes": {},
-    "REF exact RCEIL": {"scale_rule": "rceil"},
-    "TE RCEIL bit rule": {"preset": "transformer_engine"},
-    "torchao to_mx RCEIL": {"preset": "transformer_engine"},
-    "torchao to_mx FLOOR": {"preset": "torchao"},
-    "torchao to_mx CEIL": {"preset": "torchao", "scale_rule": "ceil"},
-    "torchao to_mx EVEN": {"preset": "torchao", "scale_rule": "even"},
-    "gfloat (float64 input)": {"preset": "gfloat"},
-    "gfloat (float32 input)": {"preset": "gfloat"},
-    "modelopt MXFP4QTensor": {"preset": "modelopt"},
-    'microxcaling round="nearest"': {"preset": "microxcaling"},
-    'microxcaling round="even"': {"preset": "microxcaling", "rounding": "nearest_even"},
-}
 # float32-log2 quirks that are deliberately not reproduced (mx.MX_PRESETS docstring)
 NOT_REPRODUCED = {
     ("M11", "gfloat (float32 input)"),
@@ -84,7 +69,7 @@ def _deviation_cases() -> list:
 @pytest.mark.parametrize("vec,dev,peer", _deviation_cases())
 def test_peer_deviation_reproduced_by_preset(vec, dev, peer):
     x = f32_from_hex(vec["input_f32_hex"])
-    q = ln.quantize(x, MX_BY_ELEMENT[vec["element_format"]], **PEER_OPTIONS[peer])
+    q = ln.quantize(x, MX_BY_ELEMENT[vec["element_format"]], **MX_PEERS[peer])
     assert int(q.scales[0]) == int(dev["scale_e8m0"], 16)
     if dev.get("element_codes"):
         np.testing.assert_array_equal(q.codes, codes_from_hex(dev["element_codes"]))
