@@ -38,6 +38,7 @@ SPLITS = ("train", "validation", "test")
 
 
 def cache_dir() -> pathlib.Path:
+    """``$LOWBIT_CACHE`` or ``~/.cache/lowbit`` (shared by every offline loader)."""
     return pathlib.Path(os.environ.get("LOWBIT_CACHE", pathlib.Path.home() / ".cache" / "lowbit"))
 
 

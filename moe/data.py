@@ -19,16 +19,13 @@ import pathlib
 
 import torch
 
+from lowbit.integrations.data import cache_dir
+
 SMOLLM2 = "smollm2-135m"
 """Alias of the embedded SmolLM2-135M-Instruct (Llama architecture, FFN 1536, 30 layers)."""
 
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SPLITS = ("train", "validation", "test")
-
-
-def cache_dir() -> pathlib.Path:
-    """``$LOWBIT_CACHE`` or ``~/.cache/lowbit``."""
-    return pathlib.Path(os.environ.get("LOWBIT_CACHE", pathlib.Path.home() / ".cache" / "lowbit"))
 
 
 def _package_dir(name: str) -> pathlib.Path:
