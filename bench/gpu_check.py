@@ -545,10 +545,8 @@ def run_bench(gib: float, reps: int, torchao_compile: bool, budget_s: float):
                     from lowbit.kernels import cupy_absmax
 
                     out = cc.alloc_out((rows, cols), dtype)
-                    dsrc = cc.prelude(0, cc.KIND[dtype]) + cupy_absmax.DEQUANT_SRC
-                    fn = cc.kernel(dsrc, "am_dequant")
                     one = cp.ones(1, cp.float32)
-                    dq = lambda: cc.launch(fn, n, (codes, one, lut, out, np.int64(rows), np.int64(cols), np.int64(1), np.int64(cols), np.int32(0)))  # noqa: E731,E501
+                    dq = lambda: cupy_absmax.dequant_dev(codes, one, lut, 0, out, dtype, cols)  # noqa: E731,E501
                     moved_d = n + n * esize
                 rq = record("quantize", fmt, dtype, timeit(q, reps), moved_q)
                 rp = record("quantize+pack", fmt, dtype, timeit(qp, reps), moved_p) if qp else None

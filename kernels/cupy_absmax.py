@@ -68,6 +68,10 @@ extern "C" __global__ void am_quant(const in_t *__restrict__ x, const float *__r
     Mag<u32> m = mag_f32(__float_as_uint(y));
 #if STOCH
     codes[i] = (unsigned char)EL_enc<u64>(widen(m), 0, rb[i], nbits EL_ARG);
+#elif FASTENC == 2
+    codes[i] = (unsigned char)EL_tfast(__float_as_uint(y), EL_pk);
+#elif FASTENC == 1
+    codes[i] = (unsigned char)EL_near(__float_as_uint(y));
 #else
     codes[i] = (unsigned char)EL_enc<u32>(m, 0, 0u, 0 EL_ARG);
 #endif
@@ -94,12 +98,76 @@ extern "C" __global__ void am_dequant(const unsigned char *__restrict__ codes,
 """
 
 
+DEQUANT8_SRC = r"""
+/* Modes 0 (no scale) and 2 (one tensor scale) over a flat array of 8k codes: 8 per thread,
+   8-byte loads and 16-byte stores, the value table in shared memory. */
+extern "C" __global__ void am_dequant8(const unsigned char *__restrict__ codes,
+                                       const float *__restrict__ scales,
+                                       const float *__restrict__ lut, int n_lut,
+                                       out_t *__restrict__ out, i64 n8, int mode) {
+    __shared__ float lut_s[256];
+    for (int i = threadIdx.x; i < n_lut; i += blockDim.x) lut_s[i] = lut[i];
+    __syncthreads();
+    i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= n8) return;
+    uint2 w = __ldcs(reinterpret_cast<const uint2 *>(codes) + t);
+    float s = mode == 2 ? scales[0] : 1.0f;
+    out_t o[8];
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        float v = lut_s[((j < 4 ? w.x : w.y) >> (8 * (j & 3))) & 0xFF];
+        o[j] = st_f32(mode == 2 ? f32_mul(v, s) : v);
+    }
+#if OUT_KIND == 0
+    float4 *q = reinterpret_cast<float4 *>(out) + 2 * t;
+    __stcs(q, make_float4(o[0], o[1], o[2], o[3]));
+    __stcs(q + 1, make_float4(o[4], o[5], o[6], o[7]));
+#elif OUT_KIND == 3
+    double2 *q = reinterpret_cast<double2 *>(out) + 4 * t;
+#pragma unroll
+    for (int h = 0; h < 4; h++) __stcs(q + h, make_double2(o[2 * h], o[2 * h + 1]));
+#else
+    uint4 u;
+    u.x = (u32)o[0] | ((u32)o[1] << 16);
+    u.y = (u32)o[2] | ((u32)o[3] << 16);
+    u.z = (u32)o[4] | ((u32)o[5] << 16);
+    u.w = (u32)o[6] | ((u32)o[7] << 16);
+    __stcs(reinterpret_cast<uint4 *>(out) + t, u);
+#endif
+}
+"""
+
+
+def dequant_dev(c2, s2, lut, mode: int, out, out_name: str, block_size: int) -> None:
+    """Fill ``out`` (rows, length) from codes ``c2`` (rows, length): mode 0 values, 1 times the
+    per-group float32 scales ``s2`` (rows, n_groups), 2 times the tensor scale ``s2[0]``."""
+    rows, length = c2.shape
+    src = cc.prelude(0, cc.KIND[out_name]) + DEQUANT_SRC + DEQUANT8_SRC
+    n = rows * length
+    if mode != 1 and n % 8 == 0:
+        cc.launch(cc.kernel(src, "am_dequant8"), n // 8,
+                  (c2, s2, lut, np.int32(lut.size), out, np.int64(n // 8), np.int32(mode)))
+        return
+    nb = s2.shape[-1] if mode == 1 else 1
+    cc.launch(cc.kernel(src, "am_dequant"), n,
+              (c2, s2, lut, out, np.int64(rows), np.int64(length), np.int64(nb),
+               np.int64(block_size), np.int32(mode)))
+
+
 @functools.cache
 def _source(spec, elem, saturate, rounding, in_kind) -> str:
     stoch = rounding == "stochastic"
     enc = cc.encoder_source("EL", elem, saturate, rounding)
     prologue, tab_arg = cc.table_prologue("EL", elem, saturate)
-    return (cc.prelude(in_kind) + f"#define STOCH {int(stoch)}\n" + enc
+    tfast = None if stoch else cc.table_fast_source("EL", elem, saturate, rounding)
+    rne = None if stoch else cc.nearest_source("EL", elem, saturate, rounding)
+    if tfast:
+        enc += tfast[0]
+        prologue += tfast[1]
+    elif rne:
+        enc += rne
+    fast = f"#define FASTENC {2 if tfast else 1 if rne else 0}\n"
+    return (cc.prelude(in_kind) + f"#define STOCH {int(stoch)}\n" + fast + enc
             + f"#define TABLE_PROLOGUE {prologue.replace(chr(10), ' ')}\n"
             + f"#define EL_ARG {tab_arg}\n" + SCALES_SRC)
 
@@ -163,17 +231,14 @@ def dequantize(q: QuantizedTensor, dtype=np.float32):
     b = make_blocking(codes.shape, q.axis, q.block_size)
     name = cc.out_dtype_name(dtype)
     c2 = cc.rows_of(codes, b)
-    rows, length, nb = c2.shape[0], b.length, b.n_blocks
+    rows, length = c2.shape[0], b.length
     if q.scales is not None:
-        s2, mode = cc.rows_with(cc.dev(q.scales), b, nb).astype(cp.float32), 1
+        s2, mode = cc.rows_with(cc.dev(q.scales), b, b.n_blocks).astype(cp.float32), 1
     elif q.tensor_scale is not None:
         s2, mode = cp.asarray(np.array([q.tensor_scale], np.float32)), 2
     else:
         s2, mode = cp.zeros(1, cp.float32), 0
     lut = cp.asarray(spec.element.values.astype(np.float32))
     out = cc.alloc_out((rows, length), name)
-    src = cc.prelude(0, cc.KIND[name]) + DEQUANT_SRC
-    cc.launch(cc.kernel(src, "am_dequant"), rows * length,
-              (c2, s2, lut, out, np.int64(rows), np.int64(length), np.int64(nb),
-               np.int64(b.block_size), np.int32(mode)))
+    dequant_dev(c2, s2, lut, mode, out, name, b.block_size)
     return cc.wrap_float_out(cc.from_rows_dev(out, b), name, q.codes)

@@ -149,6 +149,17 @@ __device__ __forceinline__ Mag<u64> widen(Mag<u32> a) {
 __device__ __forceinline__ float f32_mul(float a, float b) {
     float r; asm("mul.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r;
 }
+__device__ __forceinline__ float f32_add(float a, float b) {
+    float r; asm("add.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r;
+}
+/* a * b rounded to odd in float32 (truncate, then set the last bit if inexact): a later
+   rounding to at most 22 bits equals the rounding of the exact product (no underflow). */
+__device__ __forceinline__ float f32_mul_odd(float a, float b) {
+    float p, e;
+    asm("mul.rz.f32 %0, %1, %2;" : "=f"(p) : "f"(a), "f"(b));
+    asm("fma.rn.f32 %0, %1, %2, %3;" : "=f"(e) : "f"(a), "f"(b), "f"(-p));
+    return __uint_as_float(__float_as_uint(p) | (e != 0.0f ? 1u : 0u));
+}
 __device__ __forceinline__ float f32_div(float a, float b) {
     float r; asm("div.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r;
 }
@@ -256,6 +267,110 @@ __device__ __forceinline__ int {name}_enc(Mag<U> m, int shift, u32 r, int nbits,
 }}
 """
 
+NEAREST_TEMPLATE = r"""
+/* {name}_near: round-to-nearest ({mode}), saturating encoder of the float32 bits b (an
+   IEEE-like format with subnormals: min binade emin = {emin}, {mb} mantissa bits, codes growing
+   with the magnitude). With eb = clamp(binade(|y|), emin, emax + 1), the float32 sum
+   |y| + 2**(eb - mb + 23) has ulp 2**(eb - mb), so IEEE addition rounds |y| to n quanta with ties
+   to even (n is the difference of the bit patterns); ties away add one quantum where the exact
+   remainder is half a quantum. The code is ((eb - emin) << mb) + n, at most the code of max. */
+__device__ __forceinline__ int {name}_near(u32 b) {{
+    u32 a = b & 0x7FFFFFFFu;
+    int eb = {eb};
+    u32 mbits = (u32)(eb + {moff}) << 23;
+    float sum = f32_add(__uint_as_float(a), __uint_as_float(mbits));
+    int n = (int)(__float_as_uint(sum) - mbits);
+{away}    int code = min(n + ((eb - {emin_b}) << {mb}), {maxc});
+    {tail}
+}}
+"""
+
+NEAREST_AWAY_STEP = """\
+    float rem = f32_add(__uint_as_float(a), -f32_add(sum, -__uint_as_float(mbits)));
+    n += rem == __uint_as_float((u32)(eb - {mb} - 1) << 23);
+"""
+
+HWCVT_SRC = r"""
+/* Two float32 values to FP8 codes by the sm_89+ conversion (RNE, saturating to the max finite). */
+__device__ __forceinline__ void {name}_cvt2(float y0, float y1, int &c0, int &c1) {{
+    unsigned short h;
+    asm("cvt.rn.satfinite.{ptx}x2.f32 %0, %1, %2;" : "=h"(h) : "f"(y1), "f"(y0));
+    c0 = h & 0xFF;
+    c1 = h >> 8;
+}}
+"""
+
+HWCVT_PTX = {"e4m3": "e4m3", "e5m2": "e5m2"}
+
+
+def nearest_params(spec: ElementFormat, saturate: bool, rounding: str, *,
+                   bounded: bool = False, nonnegative: bool = False) -> dict | None:
+    """Constants of ``NEAREST_TEMPLATE`` for ``spec``, or None where it does not apply.
+
+    It applies to float formats with subnormals, saturating, round to nearest with ties to even
+    or away. Callers' guarantees drop work: ``bounded``, inputs are finite with
+    ``|y| < 2**(emax + 2)`` (no NaN code, no upper clamp: MX elements after the scale);
+    ``nonnegative``, ``y >= 0`` (no sign; then unsigned formats qualify: NVFP4's UE4M3 scale).
+    ``eclamp_b`` / ``nan`` / ``sign_shift`` are None where the step is dropped.
+    """
+    if rounding not in ("nearest_even", "nearest_away") or not saturate \
+            or spec.encoding != "float" or not spec.subnormals or spec.man_bits > 22 \
+            or not (spec.signed or nonnegative) or 1 - spec.bias + 127 - spec.man_bits - 1 < 1:
+        return None
+    emin = 1 - spec.bias
+    return dict(
+        away=rounding == "nearest_away",
+        emin=emin, emin_b=emin + 127, mb=spec.man_bits, moff=23 - spec.man_bits,
+        eclamp_b=None if bounded else spec.emax + 1 + 127,
+        maxc=int(np.flatnonzero(spec.values == spec.max)[0]),
+        sign_shift=None if nonnegative else spec.sign_bit.bit_length() - 1,
+        nan=None if bounded else (-1 if spec.nan_code is None else spec.nan_code),
+    )
+
+
+def nearest_source(name: str, spec: ElementFormat, saturate: bool, rounding: str, *,
+                   bounded: bool = False, nonnegative: bool = False) -> str | None:
+    """CUDA source of ``<name>_near`` (``NEAREST_TEMPLATE`` with ``nearest_params``), or None.
+    It equals ``encoder_source``'s encoder on the inputs it is for (tests emulate it in NumPy
+    against the reference; ``bench/gpu_check.py`` runs it)."""
+    p = nearest_params(spec, saturate, rounding, bounded=bounded, nonnegative=nonnegative)
+    if p is None:
+        return None
+    eb = f"max((int)(a >> 23), {p['emin_b']})"
+    if p["eclamp_b"] is not None:
+        eb = f"min({eb}, {p['eclamp_b']})"
+    tail = "" if p["sign_shift"] is None else \
+        f"code |= (int)(b >> 31) << {p['sign_shift']};\n    "
+    tail += "return code;" if p["nan"] is None else f"return a > 0x7F800000u ? {p['nan']} : code;"
+    away = NEAREST_AWAY_STEP.format(mb=p["mb"]) if p["away"] else ""
+    return NEAREST_TEMPLATE.format(name=name, emin=p["emin"], mb=p["mb"], emin_b=p["emin_b"],
+                                   eb=eb, moff=p["moff"], maxc=p["maxc"], tail=tail, away=away,
+                                   mode=rounding.replace("_", " "))
+
+
+def hwcvt_source(name: str, spec: ElementFormat, saturate: bool, rounding: str) -> str | None:
+    """CUDA source of ``<name>_cvt2`` (the hardware FP8 conversion) where it applies: E4M3 / E5M2,
+    saturating, round-to-nearest-even, finite inputs, on devices of compute capability >= 8.9
+    (``LOWBIT_CUPY_HWCVT=0`` turns it off)."""
+    import os
+
+    if spec.name not in HWCVT_PTX or rounding != "nearest_even" or not saturate:
+        return None
+    if os.environ.get("LOWBIT_CUPY_HWCVT", "1") == "0" or compute_capability() < 89:
+        return None
+    return HWCVT_SRC.format(name=name, ptx=HWCVT_PTX[spec.name])
+
+
+@functools.cache
+def compute_capability() -> int:
+    """The current device's compute capability as an integer (90 for sm_90), 0 without one."""
+    if not cupy_available():
+        return 0
+    import cupy as cp
+
+    return int(cp.cuda.Device().compute_capability)
+
+
 _FLAGS = {
     "nearest_even": (1, 0, 1, 0),
     "nearest_away": (1, 1, 0, 0),
@@ -319,6 +434,90 @@ def encoder_source(name: str, spec: ElementFormat, saturate: bool, rounding: str
     )
 
 
+TABLE_FAST_TEMPLATE = r"""
+/* {name}_tfast: {mode} encoder of the float32 bits b for a table format. One packed word per
+   slot t (binade): quantum exponent qe (byte 0, biased by 128), code of the binade's first value
+   (byte 1), quanta at that value (byte 2), the next slot's first code (byte 3). The float32 sum
+   |y| + 2**(qe + 23) has ulp 2**qe: IEEE addition rounds |y| to n quanta, ties to even, and
+   ties away add one quantum where the remainder is exactly half a quantum. */
+__constant__ u32 {name}_PK[{slots}] = {{ {packed} }};
+__device__ __forceinline__ int {name}_tfast(u32 b, const u32 *pk) {{
+    u32 a = b & 0x7FFFFFFFu;
+    int t = min(max((int)(a >> 23) - 127 - ({e_lo}) + 1, 0), {t_last});
+    u32 w = pk[t];
+    int qe = (int)(w & 0xFF) - 128;
+    u32 mbits = (u32)(qe + 150) << 23;
+    float sum = f32_add(__uint_as_float(a), __uint_as_float(mbits));
+    int n = (int)(__float_as_uint(sum) - mbits);
+{away}    int lead = (w >> 16) & 0xFF;
+    int ttop = (b >> 31) ? {ttop_n} : {ttop_p};
+    int nmax = (b >> 31) ? {nmax_n} : {nmax_p};
+    bool over = (t > ttop) || (t == ttop && n > nmax);
+    int mag;
+    if (over) mag = (b >> 31) ? {over_n} : {over_p};
+    else if (t < {t_last} && n >= (lead ? 2 * lead : 1)) mag = (int)(w >> 24);
+    else mag = (int)((w >> 8) & 0xFF) + n - lead;
+    int code = mag;
+    bool neg = (b >> 31) != 0;
+    if (neg) {{
+        if ({sign_mode} == 0) code = (mag == 0) ? {negzero} : (mag | {sign_bit});
+        else if ({sign_mode} == 1) code = (-mag) & {mask};
+    }}
+    bool undefined = a > 0x7F800000u;
+    if ({unsigned_}) undefined = undefined || (neg && a != 0);
+    if ({no_zero}) undefined = undefined || a == 0;
+    return undefined ? {nan_code} : code;
+}}
+"""
+
+AWAY_STEP = """    float rem = f32_add(__uint_as_float(a), -f32_add(sum, -__uint_as_float(mbits)));
+    n += rem == __uint_as_float((u32)(qe + 126) << 23);
+"""
+
+
+def table_fast_params(spec: ElementFormat, saturate: bool, rounding: str) -> dict | None:
+    """Parameters of ``TABLE_FAST_TEMPLATE`` (packed slot words and the encoder constants) for
+    a table format in a nearest mode, or None where the packing does not fit."""
+    if rounding not in ("nearest_even", "nearest_away") or not uses_table(spec, saturate):
+        return None
+    core = _builders()
+    tab, prm = core.element_table(spec, saturate)
+    qe, base, lead = tab[core.QE], tab[core.BASE], tab[core.LEAD]
+    carry = tab[core.CARRY][:-1]
+    nxt = np.append(base[1:], 0)
+    ok = (np.all((qe + 128 >= 0) & (qe + 128 < 256) & (qe + 150 >= 2) & (qe + 150 <= 254))
+          and np.all((base >= 0) & (base < 256) & (lead >= 0) & (lead < 128))
+          and np.array_equal(carry, np.where(lead[:-1] > 0, 2 * lead[:-1], 1)))
+    if not ok or (rounding == "nearest_away" and qe.min() < -125):
+        return None
+    packed = (qe + 128) | (base << 8) | (lead << 16) | (nxt << 24)
+    return dict(packed=[int(v) for v in packed], e_lo=prm[core.E_LO], t_last=prm[core.T_LAST],
+                ttop_p=prm[core.TTOP_P], ttop_n=prm[core.TTOP_N], nmax_p=prm[core.NMAX_P],
+                nmax_n=prm[core.NMAX_N], over_p=prm[core.OVER_P], over_n=prm[core.OVER_N],
+                sign_mode=prm[core.SIGN_MODE], sign_bit=prm[core.SIGN_BIT],
+                negzero=prm[core.NEGZERO], nan_code=prm[core.NAN_CODE], mask=prm[core.MASK],
+                unsigned_=prm[core.UNSIGNED], no_zero=prm[core.NO_ZERO],
+                away=rounding == "nearest_away")
+
+
+def table_fast_source(name: str, spec: ElementFormat, saturate: bool,
+                      rounding: str) -> tuple[str, str] | None:
+    """(CUDA source of ``<name>_tfast``, kernel-body code that copies its packed table to the
+    shared ``<name>_pk``) for a table format in a nearest mode, else None."""
+    p = table_fast_params(spec, saturate, rounding)
+    if p is None:
+        return None
+    p = dict(p)
+    packed, away = p.pop("packed"), p.pop("away")
+    src = TABLE_FAST_TEMPLATE.format(
+        name=name, slots=len(packed), packed=", ".join(f"{v}u" for v in packed),
+        mode=rounding.replace("_", "-"), away=AWAY_STEP if away else "", **p)
+    prologue = (f"__shared__ u32 {name}_pk[{len(packed)}]; "
+                f"for (int i = threadIdx.x; i < {len(packed)}; i += blockDim.x) "
+                f"{name}_pk[i] = {name}_PK[i]; __syncthreads();")
+    return src, prologue
+
+
 def table_prologue(name: str, spec: ElementFormat, saturate: bool) -> tuple[str, str]:
     """(kernel-body code that fills the shared table, extra argument text for ``<name>_enc``)."""
     if not uses_table(spec, saturate):
@@ -360,9 +559,19 @@ def double_table(name: str, values) -> str:
     return f"__constant__ unsigned long long {name}[{len(bits)}] = {{ {vals} }};\n"
 
 
+def float_table(name: str, values) -> str:
+    """A ``__constant__`` array of float32 bit patterns (values must be exact in float32)."""
+    f = np.asarray(values, dtype=np.float64).astype(np.float32)
+    assert np.array_equal(f.astype(np.float64), np.asarray(values, np.float64), equal_nan=True)
+    vals = ", ".join(f"{int(v)}u" for v in f.view(np.uint32))
+    return f"__constant__ u32 {name}[{len(f)}] = {{ {vals} }};\n"
+
+
 def shared_copy(name: str, ctype: str, n: int) -> str:
-    """Kernel-body code: ``{name}_s``, a shared copy of the constant array ``name``."""
-    load = f"__longlong_as_double((long long){name}[i])" if ctype == "double" else f"{name}[i]"
+    """Kernel-body code: ``{name}_s``, a shared copy of the constant array ``name`` (``double``
+    and ``float`` tables hold bit patterns)."""
+    load = {"double": f"__longlong_as_double((long long){name}[i])",
+            "float": f"__uint_as_float({name}[i])"}.get(ctype, f"{name}[i]")
     return (f"__shared__ {ctype} {name}_s[{n}];\n"
             f"for (int i = threadIdx.x; i < {n}; i += blockDim.x) {name}_s[i] = {load};\n"
             "__syncthreads();\n")
@@ -644,7 +853,7 @@ __device__ __forceinline__ i64 elem_index(const Pos &p, i64 length, int j) {
 __device__ __forceinline__ void store_codes(unsigned char *__restrict__ out, const Pos &p,
                                             i64 length, i64 nb, int c[V]) {
     if (!p.valid) return;
-#if PACK == 0
+#if PACK == 0 || (PACK == 8 && ALIGNED)   /* aligned 8-bit packing is x's layout */
 #if ALIGNED
     i64 base = p.blk * B + (i64)p.lane * V;
     u32 w[V / 4];
@@ -652,7 +861,9 @@ __device__ __forceinline__ void store_codes(unsigned char *__restrict__ out, con
     for (int h = 0; h < V / 4; h++)
         w[h] = (u32)c[4 * h] | ((u32)c[4 * h + 1] << 8) | ((u32)c[4 * h + 2] << 16) |
                ((u32)c[4 * h + 3] << 24);
-#if V == 8
+#if V == 16
+    *reinterpret_cast<uint4 *>(out + base) = make_uint4(w[0], w[1], w[2], w[3]);
+#elif V == 8
     *reinterpret_cast<uint2 *>(out + base) = make_uint2(w[0], w[1]);
 #else
     *reinterpret_cast<u32 *>(out + base) = w[0];
@@ -673,10 +884,14 @@ __device__ __forceinline__ void store_codes(unsigned char *__restrict__ out, con
 #else
     i64 base = p.row * (nb * B / 2) + p.col0 / 2;
 #endif
-    u32 w0 = 0;
+    u32 w0 = 0, w1 = 0;
 #pragma unroll
     for (int j = 0; j < 8 && j < V; j++) w0 |= ((u32)c[j] & 0xF) << (4 * j);
-#if V == 8
+#pragma unroll
+    for (int j = 8; j < V; j++) w1 |= ((u32)c[j] & 0xF) << (4 * (j - 8));
+#if V == 16
+    *reinterpret_cast<uint2 *>(out + base) = make_uint2(w0, w1);
+#elif V == 8
     *reinterpret_cast<u32 *>(out + base) = w0;
 #else
     *reinterpret_cast<unsigned short *>(out + base) = (unsigned short)w0;
@@ -712,7 +927,12 @@ __device__ __forceinline__ void load_codes(const unsigned char *__restrict__ cod
                                            i64 length, int c[V]) {
 #if ALIGNED
     i64 base = p.blk * B + (i64)p.lane * V;
-#if V == 8
+#if V == 16
+    uint4 w = __ldcs(reinterpret_cast<const uint4 *>(codes + base));
+    u32 ws[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+    for (int j = 0; j < 16; j++) c[j] = (ws[j / 4] >> (8 * (j % 4))) & 0xFF;
+#elif V == 8
     uint2 w = *reinterpret_cast<const uint2 *>(codes + base);
 #pragma unroll
     for (int j = 0; j < 4; j++) {
@@ -797,12 +1017,90 @@ template <typename T> __device__ __forceinline__ T lane_or(T v) {
 """
 
 
-def block_defines(in_kind: int, block: int, length: int, pack: int = 0, swizzle: bool = False,
-                  out_kind: int = 0, extra: dict | None = None) -> tuple[str, int]:
-    """(#define text, V) for a block kernel over rows of ``length``."""
-    v = 4 if in_kind == 3 else 8
+def lanes(in_kind: int, block: int, wide: bool = False) -> int:
+    """V, the elements one thread handles (a block is ``block / V`` lanes of a warp): 4 for
+    float64 input, 16 for ``wide`` kernels (two or more 16-byte loads per thread keep enough
+    bytes in flight; per-block work is shared by fewer threads), else 8."""
+    v = 4 if in_kind == 3 else (16 if wide and block % 16 == 0 else 8)
     if block % v:
         v = 4 if block % 4 == 0 else 0
+    return v
+
+
+FLAT_DEQUANT_SRC = r"""
+/* Dequantization of an aligned (rows, length) code array: length is a multiple of B and the
+   scales are (rows, length / B) row-major, so element i has the scale of block i / B. Each
+   thread takes FG groups of FE consecutive elements (FE = 8 for 2-byte outputs, else 4: one
+   16-byte store per group), the groups of a warp adjacent, so that every load and store
+   instruction of a warp is contiguous. The scheme defines DQ_ARGS (extra arguments),
+   DQ_SCALE(i, e) (set up the scale of block i for the FE elements from element e on) and
+   DQ_VALUE(c, k) (the out_t of code c, the k-th element of the group). */
+#define FG 4
+#if OUT_KIND == 1 || OUT_KIND == 2
+#define FE 8
+typedef uint2 cgroup_t;
+#else
+#define FE 4
+typedef u32 cgroup_t;
+#endif
+__device__ __forceinline__ int group_code(const cgroup_t &w, int k) {
+#if FE == 8
+    return ((k < 4 ? w.x : w.y) >> (8 * (k & 3))) & 0xFF;
+#else
+    return (w >> (8 * k)) & 0xFF;
+#endif
+}
+__device__ __forceinline__ void store_group(out_t *__restrict__ out, i64 q, const out_t o[FE]) {
+#if OUT_KIND == 0
+    __stcs(reinterpret_cast<float4 *>(out) + q, make_float4(o[0], o[1], o[2], o[3]));
+#elif OUT_KIND == 3
+    double2 *d = reinterpret_cast<double2 *>(out) + 2 * q;
+    __stcs(d, make_double2(o[0], o[1]));
+    __stcs(d + 1, make_double2(o[2], o[3]));
+#else
+    __stcs(reinterpret_cast<uint4 *>(out) + q,
+           make_uint4((u32)o[0] | ((u32)o[1] << 16), (u32)o[2] | ((u32)o[3] << 16),
+                      (u32)o[4] | ((u32)o[5] << 16), (u32)o[6] | ((u32)o[7] << 16)));
+#endif
+}
+extern "C" __global__ void flat_dequant(const unsigned char *__restrict__ codes,
+                                        const unsigned char *__restrict__ scales, DQ_ARGS
+                                        out_t *__restrict__ out, i64 ngroups) {
+    LUT_PROLOGUE
+    i64 q0 = (((i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5) * (32 * FG) + (threadIdx.x & 31);
+    cgroup_t cw[FG];
+#pragma unroll
+    for (int g = 0; g < FG; g++) {
+        i64 q = q0 + 32 * g;
+        if (q < ngroups) cw[g] = __ldcs(reinterpret_cast<const cgroup_t *>(codes) + q);
+    }
+#pragma unroll
+    for (int g = 0; g < FG; g++) {
+        i64 q = q0 + 32 * g;
+        if (q >= ngroups) break;
+        DQ_SCALE((q * FE) / B, q * FE);
+        out_t o[FE];
+#pragma unroll
+        for (int k = 0; k < FE; k++) o[k] = DQ_VALUE(group_code(cw[g], k), k);
+        store_group(out, q, o);
+    }
+}
+"""
+
+
+def launch_flat_dequant(fn, n: int, out_name: str, args) -> None:
+    """Launch ``flat_dequant`` over ``n`` elements (a multiple of the block size, 8 or more);
+    ``args`` end before the group count."""
+    groups = n // (8 if KIND[out_name] in (1, 2) else 4)
+    warps = -(-groups // (32 * 4))
+    launch(fn, warps * 32, (*args, np.int64(groups)))
+
+
+def block_defines(in_kind: int, block: int, length: int, pack: int = 0, swizzle: bool = False,
+                  out_kind: int = 0, extra: dict | None = None,
+                  wide: bool = False) -> tuple[str, int]:
+    """(#define text, V) for a block kernel over rows of ``length`` (V: ``lanes``)."""
+    v = lanes(in_kind, block, wide)
     if not v or (block // v) > 32 or (block // v) & (block // v - 1):
         raise ValueError(f"block size {block} is not supported by the block kernels")
     aligned = int(length % block == 0)

@@ -40,6 +40,10 @@ extern "C" __global__ void ew_encode(const in_t *__restrict__ x, const u32 *__re
         if (ALIGNED || p.col0 + j < n) r = rb[elem_index(p, n, j)];
 #endif
         c[j] = EL_enc<u64>(m, 0, r, nbits EL_ARG);
+#elif FASTENC == 2
+        c[j] = EL_tfast(v[j], EL_pk);
+#elif FASTENC == 1
+        c[j] = EL_near(v[j]);
 #else
         c[j] = EL_enc<u32>(mag_f32(v[j]), 0, 0u, 0 EL_ARG);
 #endif
@@ -51,14 +55,29 @@ extern "C" __global__ void ew_encode(const in_t *__restrict__ x, const u32 *__re
 """
 
 
+def _v(in_kind: int) -> int:
+    """Elements per thread (and the block of the layout helpers): 16 for 16-bit inputs."""
+    return cc.lanes(in_kind, 16, wide=in_kind in (1, 2))
+
+
 @functools.cache
 def encode_source(spec: ElementFormat, in_kind: int, n: int, rounding: str,
                   saturate: bool) -> str:
     stoch = rounding == "stochastic"
-    defs, _ = cc.block_defines(in_kind, 8 if in_kind != 3 else 4, n, 0, False, extra=dict(
-        USE64=int(in_kind == 3 or stoch), STOCH=int(stoch), NEED_ROW=0))
+    use64 = in_kind == 3 or stoch
+    v = _v(in_kind)
+    defs, _ = cc.block_defines(in_kind, v, n, 0, False, wide=v == 16, extra=dict(
+        USE64=int(use64), STOCH=int(stoch), NEED_ROW=0))
     enc = cc.encoder_source("EL", spec, saturate, rounding)
     prologue, tab_arg = cc.table_prologue("EL", spec, saturate)
+    tfast = None if use64 else cc.table_fast_source("EL", spec, saturate, rounding)
+    rne = None if use64 else cc.nearest_source("EL", spec, saturate, rounding)
+    if tfast:
+        enc += tfast[0]
+        prologue += tfast[1]
+    elif rne:
+        enc += rne
+    defs += f"#define FASTENC {2 if tfast else 1 if rne else 0}\n"
     return (cc.prelude(in_kind) + defs + cc.BLOCK_IO + enc
             + f"#define TABLE_PROLOGUE {prologue.replace(chr(10), ' ')}\n"
             + f"#define EL_ARG {tab_arg}\n" + ENCODE_SRC)
@@ -76,8 +95,7 @@ def encode_dev(arr, spec: ElementFormat, rounding: str, saturate: bool, rbits=No
     err = cp.zeros(1, dtype=cp.uint32)
     rb, nbits = cc.rbits_u32(rbits if rounding == "stochastic" else None, arr.shape)
     src = encode_source(spec, in_kind, n, rounding, saturate)
-    v = 4 if in_kind == 3 else 8
-    cc.launch(cc.kernel(src, "ew_encode"), -(-n // v),
+    cc.launch(cc.kernel(src, "ew_encode"), -(-n // _v(in_kind)),
               (flat, rb, np.int32(nbits), codes.reshape(-1), err, np.int64(n)))
     return codes, err
 

@@ -118,6 +118,12 @@ extern "C" __global__ void hif4_quant(const in_t *__restrict__ x, const u32 *__r
         if (p.valid && (ALIGNED || p.col0 + j < length)) r = rb[elem_index(p, length, j)];
 #endif
         c[j] = EL_enc<u64>(m, shift, r, nbits);
+#elif FASTENC
+        /* |x| * REC rounded to odd in float32 keeps the nearest rounding to S1P2 exact; the
+           micro-exponent shift is exact (values it would make subnormal encode to zero) */
+        float y = f32_mul_odd(__uint_as_float(BITS_ABS(v[j])), __uint_as_float(RECF[scode]));
+        y = f32_mul(y, __uint_as_float((u32)(127 - shift) << 23));
+        c[j] = EL_near(__float_as_uint(y) | (neg ? 0x80000000u : 0u));
 #else
         Mag<u32> m = mag_f32(BITS_ABS(v[j]));
         m.P *= REC_SIG[scode];
@@ -219,7 +225,7 @@ def quant_source(fmt: BlockFormat, opts: ref.HiF4Options, in_kind: int, length: 
     rec, sig, exp = _rec_parts(fmt.scale)
     nz = fmt.element.negative_zero_code
     defs, _ = cc.block_defines(in_kind, fmt.block_size, length, 4 if pack else 0, False,
-                               extra=dict(USE64=use64, STOCH=int(stoch),
+                               wide=True, extra=dict(USE64=use64, STOCH=int(stoch),
                                           ONE_SEVENTH=cc.double_literal(ref.ONE_SEVENTH_BF16),
                                           SF_MIN=cc.double_literal(ref.SF_MIN),
                                           SF_MAX=cc.double_literal(ref.SF_MAX),
@@ -228,8 +234,14 @@ def quant_source(fmt: BlockFormat, opts: ref.HiF4Options, in_kind: int, length: 
                                           NZCODE=-1 if nz is None else nz))
     enc = cc.encoder_source("EL", fmt.element, True, opts.rounding)
     assert not cc.uses_table(fmt.element, True)
+    near = "" if use64 else (cc.nearest_source("EL", fmt.element, True, opts.rounding) or "")
+    defs += f"#define FASTENC {int(bool(near))}\n"
+    enc += near
     sc = cc.encoder_source("SC", fmt.scale, True, opts.scale_rounding)
-    tables = (cc.double_table("REC", rec)
+    recf = np.where(np.isfinite(rec), rec, 0.0).astype(np.float32).view(np.uint32)
+    assert np.array_equal(recf.view(np.float32).astype(np.float64)[np.isfinite(rec)],
+                          rec[np.isfinite(rec)])
+    tables = (cc.double_table("REC", rec) + cc.constant_array("RECF", "u32", recf)
               + cc.constant_array("REC_SIG", "u32", sig) + cc.constant_array("REC_EXP", "int", exp))
     return cc.prelude(in_kind) + defs + cc.BLOCK_IO + enc + sc + tables + QUANT_SRC
 
@@ -255,7 +267,7 @@ def quantize_dev(x, fmt: BlockFormat, opts: ref.HiF4Options, axis: int = -1, rbi
         micro = cp.empty((rows, nb, 24), cp.uint8)
     rb, nbits = cc.rbits_u32(rbits if opts.rounding == "stochastic" else None, arr.shape,
                              lambda r: cc.rows_of(r, b))
-    v = 4 if in_kind == 3 else 8
+    v = cc.lanes(in_kind, fmt.block_size, True)
     cc.launch(cc.kernel(src, "hif4_quant"), rows * nb * (fmt.block_size // v),
               (x2, rb, np.int32(nbits), codes, scales, micro, np.int64(rows), np.int64(length),
                np.int64(nb)))
@@ -280,16 +292,36 @@ def quantize(x, fmt="hif4", axis=-1, rounding=None, rbits=None, preset=None,
     )
 
 
+FLAT_DQ = r"""
+#define DQ_ARGS const unsigned char *__restrict__ micro,
+/* a group is 4 or 8 elements of one 8-group (one e8 bit), one or two 4-groups (e16 bits) */
+#define DQ_SCALE(i, e) const unsigned char *mb_ = micro + (i) * 24; int g_ = (int)((e) % B) / 4; \
+    float s_ = SLUTF_s[scales[i]]; \
+    int e8_ = 127 + mb_[g_ / 2]; \
+    float f0_ = f32_mul(s_, __uint_as_float((u32)(e8_ + mb_[8 + g_]) << 23)); \
+    float f1_ = FE == 8 ? f32_mul(s_, __uint_as_float((u32)(e8_ + mb_[9 + g_]) << 23)) : f0_;
+#define DQ_VALUE(c, k) st_f32(f32_mul(ELUTF_s[c], (k) < 4 ? f0_ : f1_))
+"""
+
+
 @functools.cache
 def dequant_source(fmt: BlockFormat, length: int, out_kind: int) -> str:
+    """Both kernels; the flat one in float32 (value * scale * 2**shift is exact in float32, so
+    every output dtype gets the bits of the exact product's rounding)."""
     defs, _ = cc.block_defines(0, fmt.block_size, length, 0, False, out_kind=out_kind)
     lut = (cc.shared_copy("ELUT", "double", fmt.element.n_codes)
            + cc.shared_copy("SLUT", "double", fmt.scale.n_codes)).replace("__syncthreads();\n", "")
     lut = lut + "__syncthreads();"
+    flut = (cc.shared_copy("ELUTF", "float", fmt.element.n_codes)
+            + cc.shared_copy("SLUTF", "float", fmt.scale.n_codes)).replace("__syncthreads();\n", "")
+    flut = flut + "__syncthreads();"
+    flat = (FLAT_DQ + cc.FLAT_DEQUANT_SRC).replace("LUT_PROLOGUE", flut.replace(chr(10), " "))
     return (cc.prelude(0, out_kind) + defs + cc.BLOCK_IO
             + cc.double_table("ELUT", fmt.element.values)
             + cc.double_table("SLUT", fmt.scale.values)
-            + f"#define LUT_PROLOGUE {lut.replace(chr(10), ' ')}\n" + DEQUANT_SRC)
+            + cc.float_table("ELUTF", fmt.element.values)
+            + cc.float_table("SLUTF", fmt.scale.values)
+            + f"#define LUT_PROLOGUE {lut.replace(chr(10), ' ')}\n" + DEQUANT_SRC + flat)
 
 
 def dequantize_dev(codes2, scales2, micro3, fmt: BlockFormat, length: int, out_name: str):
@@ -297,6 +329,10 @@ def dequantize_dev(codes2, scales2, micro3, fmt: BlockFormat, length: int, out_n
     nb = scales2.shape[1]
     out = cc.alloc_out((rows, length), out_name)
     src = dequant_source(fmt, length, cc.KIND[out_name])
+    if length % fmt.block_size == 0:
+        cc.launch_flat_dequant(cc.kernel(src, "flat_dequant"), rows * length, out_name,
+                               (codes2, scales2, micro3, out))
+        return out
     cc.launch(cc.kernel(src, "hif4_dequant"), rows * nb * (fmt.block_size // 8),
               (codes2, scales2, micro3, out, np.int64(rows), np.int64(length), np.int64(nb)))
     return out

@@ -87,6 +87,24 @@ extern "C" __global__ void mx_quant(const in_t *__restrict__ x, const u32 *__res
     if (DIVISOR == 1) k = max(k, -126);
     else if (DIVISOR == 2 && scode == 0) k = 0;
     int c[V];
+#if FASTENC
+    /* y = x * 2**-k in float32: exact unless below 2**-126, where every code is zero anyway */
+    float p2 = __uint_as_float(k <= 126 ? (u32)(127 - k) << 23 : 0x00400000u);
+#if FASTENC == 2
+#pragma unroll
+    for (int j = 0; j < V; j += 2)
+        EL_cvt2(f32_mul(__uint_as_float(v[j]), p2), f32_mul(__uint_as_float(v[j + 1]), p2),
+                c[j], c[j + 1]);
+#else
+#pragma unroll
+    for (int j = 0; j < V; j++) c[j] = EL_near(__float_as_uint(f32_mul(__uint_as_float(v[j]), p2)));
+#endif
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+        if (nanblk) c[j] = 0;
+        if (ZCODE >= 0 && BITS_ABS(v[j]) == 0) c[j] = ZCODE;
+    }
+#else
 #pragma unroll
     for (int j = 0; j < V; j++) {
         if (nanblk) { c[j] = 0; }
@@ -112,6 +130,7 @@ extern "C" __global__ void mx_quant(const in_t *__restrict__ x, const u32 *__res
         }
         if (ZCODE >= 0 && BITS_ABS(v[j]) == 0) c[j] = ZCODE;
     }
+#endif
     store_codes(codes, p, length, nb, c);
     if (p.valid && p.lane == 0) scales[scale_index(p, rows, nb)] = (unsigned char)scode;
 }
@@ -127,11 +146,17 @@ extern "C" __global__ void mx_dequant(const unsigned char *__restrict__ codes,
     if (tid >= total) return;
     Pos p = block_pos(tid, total, nb);
     int s = scales[p.blk];
-    double f = (s == 0xFF) ? __longlong_as_double(0x7ff8000000000000ll)
-                           : __longlong_as_double((i64)(s - 127 + 1023) << 52);
     int c[V];
     out_t o[V];
     load_codes(codes, p, length, c);
+#if F32DQ
+    /* value * 2**(s - 127) rounded once to float32 (the float64 product is exact), as float32 */
+    float f = __uint_as_float(s == 0xFF ? 0x7FC00000u : (s ? (u32)s << 23 : 0x00400000u));
+#pragma unroll
+    for (int j = 0; j < V; j++) o[j] = st_f32(f32_mul(ELUT_s[c[j]], f));
+#else
+    double f = (s == 0xFF) ? __longlong_as_double(0x7ff8000000000000ll)
+                           : __longlong_as_double((i64)(s - 127 + 1023) << 52);
 #pragma unroll
     for (int j = 0; j < V; j++) {
         double val = ELUT_s[c[j]] * f;
@@ -140,9 +165,34 @@ extern "C" __global__ void mx_dequant(const unsigned char *__restrict__ codes,
 #endif
         o[j] = st_f64(val);
     }
+#endif
     store_vals(out, p, length, o);
 }
 """
+
+
+FLAT_DQ = r"""
+#define DQ_ARGS
+#if F32DQ
+#define DQ_SCALE(i, e) int s_ = scales[i]; \
+    float f_ = __uint_as_float(s_ == 0xFF ? 0x7FC00000u : (s_ ? (u32)s_ << 23 : 0x00400000u));
+#define DQ_VALUE(c, k) st_f32(f32_mul(ELUT_s[c], f_))
+#else
+#define DQ_SCALE(i, e) int s_ = scales[i]; \
+    double f_ = (s_ == 0xFF) ? __longlong_as_double(0x7ff8000000000000ll) \
+                             : __longlong_as_double((i64)(s_ - 127 + 1023) << 52);
+#if PRESCALE
+#define DQ_VALUE(c, k) st_f64(ELUT_s[c] * f_ / ALPHA_D)
+#else
+#define DQ_VALUE(c, k) st_f64(ELUT_s[c] * f_)
+#endif
+#endif
+"""
+
+
+def _wide(in_kind: int) -> bool:
+    """16 elements per thread for 16-bit inputs (one 16-byte load would be too little in flight)."""
+    return in_kind in (1, 2)
 
 
 def _alpha_parts(alpha: float | None) -> tuple[int, int, bool]:
@@ -179,16 +229,29 @@ def quant_source(fmt: BlockFormat, opts: ref.MXOptions, in_kind: int, length: in
     a_int, a_exp, small = _alpha_parts(alpha)
     stoch = opts.rounding == "stochastic"
     use64 = int(in_kind == 3 or stoch or not small)
-    defs, _ = cc.block_defines(in_kind, fmt.block_size, length, pack, swizzle, extra=dict(
+    extra = dict(
         RULE=sp[S_RULE], EMAX=sp[S_EMAX], EVEN_BITS=sp[S_EVEN_BITS], RCEIL_E=sp[S_RCEIL_E],
         RCEIL_SIG=f"{sp[S_RCEIL_SIG]}ull", RECIP=f"{sp[S_RECIP_BITS] & 0xFFFFFFFF}u",
         INF_POLICY=sp[S_INF], DIVISOR=sp[S_DIV], ZCODE=sp[S_ZERO_CODE], USE64=use64,
         STOCH=int(stoch), ALPHA_INT=f"{a_int}u", ALPHA_EXP=a_exp,
         ALPHA_D=cc.double_literal(1.0 if alpha is None else alpha),
-    ))
+    )
+    defs, _ = cc.block_defines(in_kind, fmt.block_size, length, pack, swizzle,
+                               wide=_wide(in_kind), extra=extra)
     enc = cc.encoder_source("EL", elem, True, opts.rounding)
     prologue, tab_arg = cc.table_prologue("EL", elem, True)
-    return (cc.prelude(in_kind) + defs + cc.BLOCK_IO + enc + SCALE_SRC
+    fast = ""
+    if not use64 and alpha is None:
+        # the hardware conversion only meets finite values (Inf blocks are NaN blocks)
+        hw = sp[S_INF] == kmx.INF_NAN
+        fast = (cc.hwcvt_source("EL", elem, True, opts.rounding) or "") if hw else ""
+        if fast:
+            defs += "#define FASTENC 2\n"
+        else:
+            fast = cc.nearest_source("EL", elem, True, opts.rounding, bounded=hw) or ""
+            defs += "#define FASTENC 1\n" if fast else ""
+    defs += "" if fast else "#define FASTENC 0\n"
+    return (cc.prelude(in_kind) + defs + cc.BLOCK_IO + enc + fast + SCALE_SRC
             + f"#define TABLE_PROLOGUE {prologue.replace(chr(10), ' ')}\n"
             + f"#define EL_ARG {tab_arg}\n" + QUANT_SRC)
 
@@ -221,8 +284,7 @@ def quantize_dev(x, fmt: BlockFormat, opts: ref.MXOptions, axis: int = -1,
         scales = cp.empty((rows, nb), cp.uint8)
     rb, nbits = cc.rbits_u32(rbits if opts.rounding == "stochastic" else None, arr.shape,
                              lambda r: cc.rows_of(r, b))
-    v = 4 if in_kind == 3 else 8
-    total = rows * nb * (fmt.block_size // v)
+    total = rows * nb * (fmt.block_size // cc.lanes(in_kind, fmt.block_size, _wide(in_kind)))
     cc.launch(fn, total, (x2, rb, np.int32(nbits), codes, scales, np.int64(rows),
                           np.int64(length), np.int64(nb)))
     return codes, scales, b
@@ -269,15 +331,18 @@ def _check_alpha(x, alpha: float) -> None:
 
 @functools.cache
 def dequant_source(fmt: BlockFormat, length: int, out_kind: int, alpha) -> str:
-    defs, _ = cc.block_defines(0, fmt.block_size, length, 0, False, out_kind=out_kind, extra=dict(
-        PRESCALE=int(alpha is not None), ALPHA_D=cc.double_literal(1.0 if alpha is None else alpha),
-        NEED_ROW=0,
-    ))
+    extra = dict(PRESCALE=int(alpha is not None), NEED_ROW=0,
+                 ALPHA_D=cc.double_literal(1.0 if alpha is None else alpha))
+    defs, _ = cc.block_defines(0, fmt.block_size, length, 0, False, out_kind=out_kind, wide=True,
+                               extra=extra)
     n = fmt.element.n_codes
-    lut = cc.shared_copy("ELUT", "double", n).replace("\n", " ")
-    return (cc.prelude(0, out_kind) + defs + cc.BLOCK_IO
-            + cc.double_table("ELUT", fmt.element.values)
-            + f"#define LUT_PROLOGUE {lut}\n" + DEQUANT_SRC)
+    # float32 arithmetic gives the same bits where the output rounds through float32 anyway
+    f32 = alpha is None and out_kind in (0, 1)
+    ctype, table = ("float", cc.float_table) if f32 else ("double", cc.double_table)
+    lut = cc.shared_copy("ELUT", ctype, n).replace("\n", " ")
+    return (cc.prelude(0, out_kind) + defs + f"#define F32DQ {int(f32)}\n" + cc.BLOCK_IO
+            + table("ELUT", fmt.element.values)
+            + f"#define LUT_PROLOGUE {lut}\n" + DEQUANT_SRC + FLAT_DQ + cc.FLAT_DEQUANT_SRC)
 
 
 def dequantize_dev(codes2, scales2, fmt: BlockFormat, length: int, alpha, out_name: str):
@@ -286,7 +351,11 @@ def dequantize_dev(codes2, scales2, fmt: BlockFormat, length: int, alpha, out_na
     nb = scales2.shape[1]
     out = cc.alloc_out((rows, length), out_name)
     src = dequant_source(fmt, length, cc.KIND[out_name], alpha)
-    total = rows * nb * (fmt.block_size // 8)
+    if length % fmt.block_size == 0:
+        cc.launch_flat_dequant(cc.kernel(src, "flat_dequant"), rows * length, out_name,
+                               (codes2, scales2, out))
+        return out
+    total = rows * nb * (fmt.block_size // cc.lanes(0, fmt.block_size, True))
     cc.launch(cc.kernel(src, "mx_dequant"), total,
               (codes2, scales2, out, np.int64(rows), np.int64(length), np.int64(nb)))
     return out

@@ -55,8 +55,12 @@ QUANT_SRC = r"""
 #define f32max f32_max
 
 __device__ __forceinline__ int ue4m3(float s, float &sv, const int *tab) {
+#if SCFAST
+    int c = SC_near(__float_as_uint(s));   /* 0 <= s <= 448 */
+#else
     Mag<u32> m = mag_f32(__float_as_uint(s));
     int c = SC_enc<u32>(m, 0, 0u, 0, tab);
+#endif
     sv = __uint_as_float(SCLUT[c]);
     return c;
 }
@@ -133,6 +137,8 @@ extern "C" __global__ void nv_quant(const in_t *__restrict__ x, const u32 *__res
         u32 r = 0;
         if (p.valid && (ALIGNED || p.col0 + j < length)) r = rb[elem_index(p, length, j)];
         c[j] = EL_enc<u64>(widen(m), 0, r, nbits EL_ARG);
+#elif FASTENC
+        c[j] = EL_near(__float_as_uint(y));
 #else
         c[j] = EL_enc<u32>(m, 0, 0u, 0 EL_ARG);
 #endif
@@ -170,10 +176,16 @@ extern "C" __global__ void nv_dequant(const unsigned char *__restrict__ codes,
 def quant_source(fmt: BlockFormat, opts: ref.NVFP4Options, in_kind: int, length: int,
                  pack: int = 0, swizzle: bool = False) -> str:
     stoch = opts.rounding == "stochastic"
-    defs, _ = cc.block_defines(in_kind, fmt.block_size, length, pack, swizzle, extra=dict(
-        ALGO=ALGO[opts.algorithm], STOCH=int(stoch)))
+    defs, _ = cc.block_defines(in_kind, fmt.block_size, length, pack, swizzle, wide=True,
+                               extra=dict(ALGO=ALGO[opts.algorithm], STOCH=int(stoch)))
     enc = cc.encoder_source("EL", fmt.element, True, opts.rounding)
+    fast = cc.nearest_source("EL", fmt.element, True, opts.rounding) or ""
+    defs += f"#define FASTENC {int(bool(fast))}\n"
+    enc += fast
     sc = cc.encoder_source("SC", fmt.scale, True, "nearest_even")
+    sc_fast = cc.nearest_source("SC", fmt.scale, True, "nearest_even", nonnegative=True) or ""
+    defs += f"#define SCFAST {int(bool(sc_fast))}\n"
+    sc += sc_fast
     assert cc.uses_table(fmt.scale, True)
     prologue, tab_arg = cc.table_prologue("EL", fmt.element, True)
     prologue = prologue.replace("__syncthreads();", "")
@@ -248,7 +260,7 @@ def quantize_dev(x, fmt: BlockFormat, opts: ref.NVFP4Options, axis: int = -1,
     rb, nbits = cc.rbits_u32(rbits if opts.rounding == "stochastic" else None, arr.shape,
                              lambda r: cc.rows_of(r, b))
     err = cp.zeros(1, dtype=cp.uint32)
-    v = 4 if in_kind == 3 else 8
+    v = cc.lanes(in_kind, fmt.block_size, True)
     cc.launch(cc.kernel(src, "nv_quant"), rows * nb * (fmt.block_size // v),
               (x2, gbits, rb, np.int32(nbits), codes, scales, err, np.int64(rows),
                np.int64(length), np.int64(nb)))
@@ -291,14 +303,17 @@ def quantize(x, fmt="nvfp4", axis=-1, rounding=None, rbits=None, preset=None,
 
 @functools.cache
 def dequant_source(fmt: BlockFormat, length: int, out_kind: int) -> str:
-    defs, _ = cc.block_defines(0, fmt.block_size, length, 0, False, out_kind=out_kind)
+    defs, _ = cc.block_defines(0, fmt.block_size, length, 0, False, out_kind=out_kind, wide=True)
     lut = (cc.shared_copy("ELUT", "double", fmt.element.n_codes)
            + cc.shared_copy("SLUT", "double", fmt.scale.n_codes)).replace("__syncthreads();\n", "")
     lut = lut + "__syncthreads();"
     return (cc.prelude(0, out_kind) + defs + cc.BLOCK_IO
             + cc.double_table("ELUT", fmt.element.values)
             + cc.double_table("SLUT", fmt.scale.values)
-            + f"#define LUT_PROLOGUE {lut.replace(chr(10), ' ')}\n" + DEQUANT_SRC)
+            + f"#define LUT_PROLOGUE {lut.replace(chr(10), ' ')}\n" + DEQUANT_SRC
+            + "#define DQ_ARGS double ts,\n"
+            + "#define DQ_SCALE(i, e) double f_ = SLUT_s[scales[i]] * ts;\n"
+            + "#define DQ_VALUE(c, k) st_f64(ELUT_s[c] * f_)\n" + cc.FLAT_DEQUANT_SRC)
 
 
 def dequantize_dev(codes2, scales2, ts, fmt: BlockFormat, length: int, out_name: str):
@@ -306,7 +321,11 @@ def dequantize_dev(codes2, scales2, ts, fmt: BlockFormat, length: int, out_name:
     nb = scales2.shape[1]
     out = cc.alloc_out((rows, length), out_name)
     src = dequant_source(fmt, length, cc.KIND[out_name])
-    cc.launch(cc.kernel(src, "nv_dequant"), rows * nb * (fmt.block_size // 8),
+    if length % fmt.block_size == 0:
+        cc.launch_flat_dequant(cc.kernel(src, "flat_dequant"), rows * length, out_name,
+                               (codes2, scales2, np.float64(ts), out))
+        return out
+    cc.launch(cc.kernel(src, "nv_dequant"), rows * nb * (fmt.block_size // cc.lanes(0, 16, True)),
               (codes2, scales2, np.float64(ts), out, np.int64(rows), np.int64(length),
                np.int64(nb)))
     return out

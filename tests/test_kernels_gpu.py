@@ -66,6 +66,190 @@ def test_encoder_table_and_fast_forms():
         assert not cc.uses_table(ln.element_format(name), True)
 
 
+NEAREST_FORMATS = ("e4m3", "e5m2", "e3m2", "e2m3", "e2m1", "e1m2")
+
+
+def _emulate_nearest(y: np.ndarray, prm: dict) -> np.ndarray:
+    """``NEAREST_TEMPLATE`` with ``nearest_params`` step by step in NumPy float32 (IEEE, with
+    subnormals)."""
+    b = y.astype(np.float32).view(np.uint32).astype(np.int64)
+    a = b & 0x7FFFFFFF
+    eb = np.maximum(a >> 23, prm["emin_b"])
+    if prm["eclamp_b"] is not None:
+        eb = np.minimum(eb, prm["eclamp_b"])
+    mbits = (eb + prm["moff"]) << 23
+    f = lambda u: u.astype(np.uint32).view(np.float32)  # noqa: E731
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = f(a) + f(mbits)
+        n = total.view(np.uint32).astype(np.int64) - mbits
+        if prm["away"]:
+            n += (f(a) - (total - f(mbits))) == f((eb - prm["mb"] - 1) << 23)
+    code = np.minimum(n + ((eb - prm["emin_b"]) << prm["mb"]), prm["maxc"])
+    if prm["sign_shift"] is not None:
+        code = code | ((b >> 31) << prm["sign_shift"])
+    return code if prm["nan"] is None else np.where(a > 0x7F800000, prm["nan"], code)
+
+
+def _nearest_inputs(spec, rng) -> np.ndarray:
+    """Every midpoint and value of ``spec`` and its float32 neighbours, zeros, float32
+    subnormals, Inf/NaN, and random values over the whole float32 range."""
+    v = spec.values[np.isfinite(spec.values)].astype(np.float64)
+    pos = np.unique(np.abs(v))
+    top = np.append(pos, 2 * pos[-1])
+    mids = (top[1:] + top[:-1]) / 2
+    pts = np.concatenate([pos, mids, [spec.max + (top[-1] - pos[-1]) / 2]]).astype(np.float32)
+    u = pts.view(np.uint32).astype(np.int64)
+    near = np.concatenate([u + d for d in range(-3, 4)])
+    near = near[(near >= 0) & (near < 0x7F800000)].astype(np.uint32).view(np.float32)
+    rand = rng.integers(0, 0x7F800000, 200_000, dtype=np.uint32).view(np.float32)
+    special = np.array([0, 1e-45, 1e-40, 1.17e-38, np.inf, np.nan, 3e38], np.float32)
+    x = np.concatenate([near, rand, special])
+    return np.concatenate([x, -x])
+
+
+@pytest.mark.parametrize("rounding", ["nearest_even", "nearest_away"])
+@pytest.mark.parametrize("name", NEAREST_FORMATS)
+def test_nearest_encoder_emulated_equals_reference(name, rounding):
+    """The generated round-to-nearest-even encoder (emulated with the constants of its source)
+    equals the reference codec on every midpoint, its neighbours and random float32 inputs."""
+    spec = ln.element_format(name)
+    assert cc.nearest_source("EL", spec, True, rounding) is not None
+    x = _nearest_inputs(spec, np.random.default_rng(0))
+    if spec.nan_code is None:  # the reference refuses NaN for formats without a NaN code
+        x = x[~np.isnan(x)]
+    ref = ln.encode(x.astype(np.float64), spec, rounding=rounding, saturate=True,
+                    backend="reference")
+    got = _emulate_nearest(x, cc.nearest_params(spec, True, rounding))
+    bad = np.flatnonzero(got.astype(np.uint8) != ref)
+    assert bad.size == 0, (x[bad[:5]], got[bad[:5]], ref[bad[:5]])
+
+
+@pytest.mark.parametrize("rule", ["floor", "ceil", "rceil", "rceil_exact", "even"])
+@pytest.mark.parametrize("fmt", ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp4"])
+def test_nearest_mx_path_emulated_equals_reference(fmt, rule):
+    """The MX fast path (y = x * 2**-k in float32, then the RNE encoder) equals the reference,
+    on blocks of every dynamic range including float32 subnormals."""
+    from lowbit.numerics import mx
+
+    spec = ln.block_format(fmt)
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((512, 32)) * np.exp2(rng.integers(-140, 120, (512, 1)))
+         * np.exp2(rng.integers(-20, 1, (512, 32)))).astype(np.float32)
+    q = ln.quantize(x, fmt, scale_rule=rule, backend="reference")
+    k = q.scales.astype(np.int64) - 127
+    p2 = np.where(k <= 126, (127 - k) << 23, 0x00400000).astype(np.uint32).view(np.float32)
+    with np.errstate(under="ignore"):
+        y = x * p2
+    prm = cc.nearest_params(spec.element, True, mx.mx_options().rounding, bounded=True)
+    assert np.abs(y).max() < 2.0 ** (spec.element.emax + 2)
+    got = _emulate_nearest(y, prm).astype(np.uint8)
+    assert np.array_equal(got, q.codes)
+
+
+def test_nearest_unsigned_scale_emulated_equals_reference():
+    """NVFP4's UE4M3 block scale through the nonnegative form of the RNE encoder."""
+    spec = ln.element_format("ue4m3")
+    x = np.abs(_nearest_inputs(spec, np.random.default_rng(2)))
+    x = x[np.isfinite(x) & (x <= 448)]
+    ref = ln.encode(x.astype(np.float64), spec, saturate=True, backend="reference")
+    got = _emulate_nearest(x, cc.nearest_params(spec, True, "nearest_even", nonnegative=True))
+    assert np.array_equal(got.astype(np.uint8), ref)
+
+
+def _emulate_tfast(y: np.ndarray, prm: dict) -> np.ndarray:
+    """``TABLE_FAST_TEMPLATE`` with ``table_fast_params`` step by step in NumPy float32."""
+    b = y.astype(np.float32).view(np.uint32).astype(np.int64)
+    a = b & 0x7FFFFFFF
+    neg = (b >> 31) == 1
+    t = np.clip((a >> 23) - 127 - prm["e_lo"] + 1, 0, prm["t_last"])
+    w = np.asarray(prm["packed"], np.int64)[t]
+    qe = (w & 0xFF) - 128
+    mbits = (qe + 150) << 23
+    f = lambda u: u.astype(np.uint32).view(np.float32)  # noqa: E731
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = f(a) + f(mbits)
+        n = total.view(np.uint32).astype(np.int64) - mbits
+        if prm["away"]:
+            n += (f(a) - (total - f(mbits))) == f((qe + 126) << 23)
+    lead = (w >> 16) & 0xFF
+    ttop = np.where(neg, prm["ttop_n"], prm["ttop_p"])
+    nmax = np.where(neg, prm["nmax_n"], prm["nmax_p"])
+    over = (t > ttop) | ((t == ttop) & (n > nmax))
+    carry = (t < prm["t_last"]) & (n >= np.where(lead > 0, 2 * lead, 1))
+    mag = np.where(over, np.where(neg, prm["over_n"], prm["over_p"]),
+                   np.where(carry, w >> 24, ((w >> 8) & 0xFF) + n - lead))
+    code = mag
+    if prm["sign_mode"] == 0:
+        code = np.where(neg, np.where(mag == 0, prm["negzero"], mag | prm["sign_bit"]), mag)
+    elif prm["sign_mode"] == 1:
+        code = np.where(neg, (-mag) & prm["mask"], mag)
+    undefined = a > 0x7F800000
+    if prm["unsigned_"]:
+        undefined |= neg & (a != 0)
+    if prm["no_zero"]:
+        undefined |= a == 0
+    return np.where(undefined, prm["nan_code"], code)
+
+
+@pytest.mark.parametrize("name,rounding,saturate", [
+    ("hif8", "nearest_away", False), ("hif8", "nearest_away", True),
+    ("hif8", "nearest_even", False), ("ue4m3", "nearest_even", True)])
+def test_table_fast_encoder_emulated_equals_reference(name, rounding, saturate):
+    """The packed-table encoder (emulated with its parameters) equals the reference codec on
+    every midpoint, its float32 neighbours, specials and random float32 inputs."""
+    spec = ln.element_format(name)
+    prm = cc.table_fast_params(spec, saturate, rounding)
+    assert prm is not None and cc.table_fast_source("EL", spec, saturate, rounding) is not None
+    x = _nearest_inputs(spec, np.random.default_rng(3))
+    if not spec.signed:
+        x = np.abs(x)
+    ref = ln.encode(x.astype(np.float64), spec, rounding=rounding, saturate=saturate,
+                    backend="reference")
+    got = _emulate_tfast(x, prm).astype(np.uint8)
+    bad = np.flatnonzero(got != ref)
+    assert bad.size == 0, (x[bad[:5]], got[bad[:5]], ref[bad[:5]])
+
+
+def _round_to_odd_f32(v: np.ndarray) -> np.ndarray:
+    """Exact float64 values rounded to odd in float32 (truncate, set the last bit if inexact)."""
+    f = v.astype(np.float32)
+    over = np.abs(f.astype(np.float64)) > np.abs(v)
+    f = np.where(over, np.nextafter(f, np.float32(0)), f)
+    inexact = f.astype(np.float64) != v
+    return (f.view(np.uint32) | inexact.astype(np.uint32)).view(np.float32)
+
+
+@pytest.mark.parametrize("rounding", ["nearest_away", "nearest_even"])
+def test_nearest_hif4_path_emulated_equals_reference(rounding):
+    """The HiF4 fast element path: |x| * REC rounded to odd in float32, times 2**-shift, then
+    the nearest encoder of S1P2, equals the reference's codes."""
+    from lowbit.numerics import hif4
+
+    spec = ln.block_format("hif4")
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((256, 64)) * np.exp2(rng.integers(-30, 30, (256, 1)))
+         * np.exp2(rng.integers(-12, 1, (256, 64)))).astype(np.float32)
+    q = ln.quantize(x, "hif4", rounding=rounding, backend="reference")
+    rec = hif4.reciprocals(spec.scale)[q.scales.astype(np.int64)]
+    cols = np.arange(64)
+    micro = q.micro.astype(np.int64)
+    shift = micro[:, :, cols // 8] + micro[:, :, 8 + cols // 4]
+    y = _round_to_odd_f32(np.abs(x.astype(np.float64)) * rec.reshape(256, 1))
+    y = y * np.exp2(-shift.reshape(256, 64)).astype(np.float32)
+    neg = np.signbit(x) & (x != 0)
+    bits = y.view(np.uint32) | np.where(neg, np.uint32(0x80000000), np.uint32(0))
+    prm = cc.nearest_params(spec.element, True, rounding)
+    got = _emulate_nearest(bits.view(np.float32), prm).astype(np.uint8)
+    assert np.array_equal(got, q.codes)
+
+
+def test_nearest_encoder_not_used_where_it_does_not_apply():
+    for name, rounding, sat in [("e4m3", "toward_zero", True), ("e4m3", "nearest_even", False),
+                                ("hif8", "nearest_even", True), ("int8", "nearest_even", True),
+                                ("ue4m3", "nearest_even", True)]:
+        assert cc.nearest_source("EL", ln.element_format(name), sat, rounding) is None
+
+
 def test_resolve_without_gpu_arrays():
     """NumPy input never selects the cupy backend by default."""
     from lowbit.kernels import dispatch
