@@ -5,12 +5,14 @@ format, quantize and dequantize throughput in Melem/s (best of ``--repeat`` wall
 after a warm-up), as ratios to
 
 * numpy's ``x.copy()`` of the same array (allocation included, as in quantize): the
-  memory-bandwidth yardstick;
+  memory-bandwidth yardstick, timed again with every format, its runs interleaved with the
+  kernel's (best of ``--repeat`` each) so that each ratio compares runs under the same load;
 * the fastest peer on PyPI doing the same job on CPU: torchao ``to_mx`` / ``to_dtype`` (MX),
   ``nvfp4_quantize`` (NVFP4), numpy + ml_dtypes / en_dtypes ``astype`` (element casts), numpy
   absmax arithmetic (INT8/INT4); torch uses ``--threads`` threads like numba.
 
-Also the peak traced memory of quantize (tracemalloc) against output + input sizes.
+Also the peak traced memory of quantize (tracemalloc) against output + input sizes, and for
+the MX 4-bit format the fused quantize-to-packed path (``kernels.fused.quantize_packed``).
 
     python bench/cpu_throughput.py [--repeat 5] [--threads 2] [--out bench/results/cpu_throughput]
 """
@@ -40,12 +42,20 @@ ELEMENT_CASTS = {"e4m3": "float8_e4m3fn", "e5m2": "float8_e5m2", "e3m2": "float6
 
 
 def best_time(fn, repeat: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
+    return best_times([fn], repeat)[0]
+
+
+def best_times(fns, repeat: int) -> list[float]:
+    """Best wall-clock seconds of each of ``fns`` after a warm-up, the runs interleaved (one of
+    each per round) so that all of them see the same machine load."""
+    for fn in fns:
         fn()
-        best = min(best, time.perf_counter() - t)
+    best = [float("inf")] * len(fns)
+    for _ in range(repeat):
+        for j, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            best[j] = min(best[j], time.perf_counter() - t)
     return best
 
 
@@ -159,6 +169,7 @@ def main(argv=None) -> dict:
     n = x.size
     load_before = os.getloadavg()
     copy_rate = n / best_time(x.copy, args.repeat) / 1e6
+    from lowbit.kernels.fused import quantize_packed
     peers = {**torch_peers(x, args.threads), **numpy_peers(x)}
     rows = []
     jobs = [(f, "block") for f in BLOCK_FORMATS] + [(f, "element") for f in ELEMENT_CASTS]
@@ -182,8 +193,10 @@ def main(argv=None) -> dict:
                 from lowbit.kernels.elementwise import lookup
                 return lookup(codes, lut, np.float32)
             out_bytes = codes.nbytes
-        q_rate = n / best_time(q, args.repeat) / 1e6
-        dq_rate = n / best_time(dq, args.repeat) / 1e6
+        q_rate, dq_rate, local_copy = (n / t / 1e6 for t in best_times([q, dq, x.copy],
+                                                                       args.repeat))
+        packed_rate = n / best_time(lambda fmt=fmt: quantize_packed(x, fmt), args.repeat) / 1e6 \
+            if fmt == "mxfp4" else None
         peak = peak_memory(q)
         ref_fn = ln.quantize if kind == "block" else ln.encode
         ref_rate = xs.size / best_time(
@@ -193,8 +206,9 @@ def main(argv=None) -> dict:
         dpeer_rate = n / best_time(peer_dq, args.repeat) / 1e6 if peer_dq else None
         rows.append({
             "format": fmt, "kind": kind, "quantize_melem_s": q_rate,
-            "dequantize_melem_s": dq_rate, "quantize_vs_copy": q_rate / copy_rate,
-            "dequantize_vs_copy": dq_rate / copy_rate, "peer": peer_name,
+            "dequantize_melem_s": dq_rate, "copy_melem_s": local_copy,
+            "quantize_vs_copy": q_rate / local_copy, "dequantize_vs_copy": dq_rate / local_copy,
+            "quantize_packed_melem_s": packed_rate, "peer": peer_name,
             "peer_quantize_melem_s": peer_rate,
             "quantize_vs_peer": q_rate / peer_rate if peer_rate else None,
             "dequantize_peer": dpeer_name, "peer_dequantize_melem_s": dpeer_rate,
@@ -203,7 +217,7 @@ def main(argv=None) -> dict:
             "output_bytes": out_bytes, "input_bytes": x.nbytes,
             "target": fmt in TARGETS and kind == "block",
         })
-        print_row(rows[-1], copy_rate)
+        print_row(rows[-1])
     result = {
         "command": " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]) if argv is None
         else "cpu_throughput.main", "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -226,10 +240,11 @@ def _fmt(v, spec=".2f") -> str:
     return "n/a" if v is None else format(v, spec)
 
 
-def print_row(r: dict, copy_rate: float) -> None:
+def print_row(r: dict) -> None:
     print(f"{r['format']:>11} {r['kind']:>7}  q {r['quantize_melem_s']:7.0f} Melem/s "
           f"({r['quantize_vs_copy']:.2f}x copy, {_fmt(r['quantize_vs_peer'])}x peer)  "
           f"dq {r['dequantize_melem_s']:7.0f} ({r['dequantize_vs_copy']:.2f}x copy)  "
+          f"copy {r['copy_melem_s']:5.0f}  "
           f"peak {r['peak_bytes'] / 2**20:.0f} MiB", flush=True)
 
 
@@ -244,12 +259,14 @@ def markdown(res: dict) -> str:
         "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
         f"- input: {res['elements']} float32 (4096 x 4096, standard normal), {res['threads']} "
         f"threads (numba and torch), best of {res['repeat']} runs",
-        f"- numpy `x.copy()`: {res['numpy_copy_melem_s']:.0f} Melem/s (the yardstick); load "
+        f"- numpy `x.copy()`: {res['numpy_copy_melem_s']:.0f} Melem/s at the start, and timed "
+        "again next to each format (column `copy`: the yardstick of that row's ratios); load "
         f"average before/after: {res['loadavg_before']} / {res['loadavg_after']}",
         "",
-        "| format | quantize Melem/s | x copy | peer | peer Melem/s | x peer | dequantize "
-        "Melem/s | x copy | x peer | reference backend Melem/s | peak / (out + in) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| format | copy Melem/s | quantize Melem/s | x copy | peer | peer Melem/s | x peer | "
+        "dequantize Melem/s | x copy | x peer | reference backend Melem/s | peak / (out + in) | "
+        "peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:
         name = f"**{r['format']}**" if r["target"] else r["format"]
@@ -257,11 +274,13 @@ def markdown(res: dict) -> str:
             name += " (cast)"
         mem = r["peak_bytes"] / (r["output_bytes"] + r["input_bytes"])
         lines.append(
-            f"| {name} | {r['quantize_melem_s']:.0f} | {r['quantize_vs_copy']:.2f} | "
+            f"| {name} | {r['copy_melem_s']:.0f} | {r['quantize_melem_s']:.0f} | "
+            f"{r['quantize_vs_copy']:.2f} | "
             f"{r['peer'] or 'none on PyPI'} | {_fmt(r['peer_quantize_melem_s'], '.0f')} | "
             f"{_fmt(r['quantize_vs_peer'])} | {r['dequantize_melem_s']:.0f} | "
             f"{r['dequantize_vs_copy']:.2f} | {_fmt(r['dequantize_vs_peer'])} | "
-            f"{r['reference_quantize_melem_s']:.1f} | {mem:.2f} |")
+            f"{r['reference_quantize_melem_s']:.1f} | {mem:.2f} | "
+            f"{r['peak_bytes'] / 2**20:.1f} |")
     lines += ["", "Targets (issue): quantize of mxfp4, nvfp4, mxfp8 and hif4 at >= 0.3x the "
               "numpy-copy element rate and >= 5x the fastest peer; dequantize >= 0.5x copy.", ""]
     for r in res["rows"]:
@@ -274,6 +293,11 @@ def markdown(res: dict) -> str:
         lines.append(f"- {r['format']}: quantize {q_copy:.2f}x copy "
                      f"({'met' if q_copy >= 0.3 else 'NOT met'}), {peer}; dequantize "
                      f"{dq:.2f}x copy ({'met' if dq >= 0.5 else 'NOT met'})")
+    for r in res["rows"]:
+        if r.get("quantize_packed_melem_s"):
+            lines.append(f"- {r['format']} fused quantize-to-packed: "
+                         f"{r['quantize_packed_melem_s']:.0f} Melem/s "
+                         f"({r['quantize_packed_melem_s'] / r['copy_melem_s']:.2f}x copy)")
     lines.append("")
     return "\n".join(lines)
 

@@ -50,6 +50,36 @@ f32_bits = _bitcast(types.float32, types.int32)
 bits_f32 = _bitcast(types.int32, types.float32)
 
 
+def _int32_op(name: str):
+    """An int32 binary operation of two integers (truncated to int32 first) that stays int32.
+
+    Numba widens int32 arithmetic to int64, and LLVM keeps the runtime-parameter operations
+    (max, shifts, masks) on 4-lane int64 vectors; these keep the loops on 8-lane int32 AVX2.
+    """
+
+    @intrinsic
+    def op(typingctx, a, b):
+        if not (isinstance(a, types.Integer) and isinstance(b, types.Integer)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            x, y = (context.cast(builder, v, t, types.int32)
+                    for v, t in zip(args, sig.args, strict=True))
+            if name == "max":
+                return builder.select(builder.icmp_signed(">", x, y), x, y)
+            if name == "min":
+                return builder.select(builder.icmp_signed("<", x, y), x, y)
+            return getattr(builder, name)(x, y)
+
+        return types.int32(a, b), codegen
+
+    return op
+
+
+i32_add, i32_sub, i32_and, i32_or, i32_xor, i32_shr, i32_max = (
+    _int32_op(n) for n in ("add", "sub", "and_", "or_", "xor", "ashr", "max"))
+
+
 @njit(cache=True, inline="always")
 def pow2(n: int) -> float:
     """``2.0**n`` for a normal float64 exponent, built from its bits."""
@@ -376,26 +406,26 @@ def encode_fast32(y: np.float32, scale: np.float32, flags, fp) -> int:
 
     Exact when ``y * scale`` is (``scale`` a power of two and ``y`` a float32): a product that
     underflows float32's normal range is ~2**100 times below every format's smallest value and
-    rounds to +-0 either way.
+    rounds to +-0 either way. The integer steps are int32 (``np.int32`` conversions keep LLVM
+    on 8-lane AVX2 instructions; a float-to-int64 conversion would be scalarised).
     """
     near, tie_away, tie_even, _ = flags
     nan = y != y
     v = abs(y) * scale
     v = np.float32(0) if nan else min(v, np.float32(pow2(fp[F_TCLAMP])))
-    eb = max(np.int64(f32_bits(v)) & 0x7F800000, fp[F_EMIN_B32])
-    w = v * bits_f32(np.int32(((254 + fp[F_MB]) << 23) - eb))
+    eb = i32_max(i32_and(f32_bits(v), 0x7F800000), fp[F_EMIN_B32])
+    w = v * bits_f32(i32_sub((254 + fp[F_MB]) << 23, eb))
     t = np.floor(w)
     frac = w - t
     up = (frac > np.float32(0.5)) | ((frac == np.float32(0.5)) & (tie_away == 1))
     n = np.rint(w) if tie_even == 1 else (t + np.float32(up) if near == 1 else t)
-    mag = ((eb - fp[F_EMIN_B32]) >> (23 - fp[F_MB])) + np.int64(n)
+    mag = i32_add(i32_shr(i32_sub(eb, fp[F_EMIN_B32]), 23 - fp[F_MB]), np.int32(n))
     neg = f32_bits(y) < 0
-    nmax = fp[F_NMAX_N] if neg else fp[F_NMAX_P]
+    nmax = np.int32(fp[F_NMAX_N]) if neg else np.int32(fp[F_NMAX_P])
     if mag > nmax:
         rtz_finite = (near == 0) & (abs(y) < np.inf)
-        mag = nmax if rtz_finite else (fp[F_OVER_N] if neg else fp[F_OVER_P])
-    nmask = -np.int64(neg)
-    code = ((mag ^ (fp[F_XOR] & nmask)) + (fp[F_ADD] & nmask)) & fp[F_MASK]
-    nan_mask = -np.int64(nan)
-    return (fp[F_NAN] & nan_mask) | (code & ~nan_mask)
-
+        mag = nmax if rtz_finite else (np.int32(fp[F_OVER_N]) if neg else np.int32(fp[F_OVER_P]))
+    nmask = np.int32(-np.int32(neg))
+    code = i32_and(i32_add(i32_xor(mag, i32_and(fp[F_XOR], nmask)), i32_and(fp[F_ADD], nmask)),
+                   fp[F_MASK])
+    return np.int32(fp[F_NAN]) if nan else code

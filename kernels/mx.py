@@ -2,12 +2,17 @@
 
 One block is 32 consecutive elements of a row; blocks are independent and run in parallel.
 The scale exponent comes from the float64 bits of the block's finite absolute maximum (the
-reference's ``np.frexp`` rules written on the significand), and the elements are rounded by
-``core.encode_one`` with the divisor's power of two applied to the exponent, never by a float
-division. The pre-scale multiplies in float64, exact under ``mx.check_prescale_exact``.
+reference's ``np.frexp`` rules written on the significand; FLOOR, ``k = floor(log2 amax) -
+emax``, straight from the float32 exponent field), and the elements are rounded with the
+divisor's power of two applied as an exact product (``core.encode_fast32``) or to the exponent
+(``core.encode_one``), never by a float division. The pre-scale multiplies in float64, exact
+under ``mx.check_prescale_exact``. Dequantize: ``fl32(v * 2**(s - 127))``, one float32 product
+of exact operands, i.e. the exact value rounded once.
 """
 
 from __future__ import annotations
+
+from functools import cache
 
 import numpy as np
 from numba import njit, prange, types
@@ -22,6 +27,7 @@ from lowbit.numerics.tensor import QuantizedTensor
 
 from .core import (
     RNE_FLAGS,
+    Unsupported,
     bits_f32,
     check_rbits,
     element_table,
@@ -31,6 +37,8 @@ from .core import (
     f32_bits_of,
     f64_bits,
     fast_params,
+    i32_and,
+    i32_max,
     kernel_input,
     load,
     load32,
@@ -178,27 +186,89 @@ def _finish_block(x, codes, start, stop, nan_block, zcode) -> None:
         codes[i] = zcode if (zcode >= 0 and load(x, i) == 0) else c
 
 
+@njit(cache=True, inline="always")
+def _amax_bits(x, start: int, stop: int) -> tuple[np.int32, np.int32]:
+    """(finite |x| maximum, |x| maximum) of ``x[start:stop]`` as float32 bit patterns."""
+    amax_bits = np.int32(0)
+    big = np.int32(0)
+    for i in range(start, stop):
+        a = i32_and(f32_bits_of(x, i), 0x7FFFFFFF)
+        amax_bits = i32_max(amax_bits, a if a < np.int32(0x7F800000) else np.int32(0))
+        big = i32_max(big, a)
+    return amax_bits, big
+
+
+@njit(cache=True, inline="always")
+def _scale32(amax_bits: np.int32, big: np.int32, sp) -> tuple[int, int, bool]:
+    """``block_scale`` from ``_amax_bits``; the FLOOR rule of a normal float32 amax of a
+    finite block, the common case, straight from the exponent field."""
+    if sp[S_RULE] == FLOOR and big < 0x7F800000 and amax_bits >= 0x00800000:
+        k = min(max((amax_bits >> 23) - 127 - sp[S_EMAX], -127), 127)
+        if sp[S_DIV] == DIV_F32_MIN:
+            return k + 127, max(k, -126), False
+        return k + 127, (0 if sp[S_DIV] == DIV_ONE and k == -127 else k), False
+    amax = np.float64(bits_f32(np.int32(amax_bits)))
+    return block_scale(amax, big > 0x7F800000, big == 0x7F800000, sp)
+
+
+@njit(cache=True, inline="always")
+def _encode_block32(x, start, stop, sc, flags, fp, codes) -> None:
+    for i in range(start, stop):
+        codes[i] = encode_fast32(load32(x, i), sc, flags, fp)
+
+
+@njit(cache=True, inline="always")
+def _pack_block32(buf, out, at: int) -> None:
+    """The 32 4-bit codes of ``buf`` as 16 bytes at ``out[at:]``, first code in the low nibble
+    (``numerics.packing``'s order)."""
+    for j in range(16):
+        out[at + j] = buf[2 * j] | (buf[2 * j + 1] << 4)
+
+
 @njit(parallel=True, cache=True)
-def _quantize_fast32(x, length, bs, flags, fp, sp, codes, scales):
-    """Deterministic rounding of float32/bfloat16/float16 input in float32 arithmetic."""
+def _quantize_fast32(x, length, bs, flags, fp, sp, codes, scales, pack4):
+    """Deterministic rounding of float32/bfloat16/float16 input in float32 arithmetic.
+
+    One pass per block: its amax and then its codes while it is in cache. Rows made of whole
+    32-element blocks (``length % 32 == 0``) take constant-trip-count loops on flat block
+    offsets (fully vectorized); other shapes the generic bounds. ``pack4`` (4-bit elements,
+    whole blocks only): ``codes`` receives the packed bytes, two codes per byte.
+    """
     nb = -(-length // bs)
     total = scales.size
     rne = flags[2] == 1
+    flat32 = bs == 32 and length % 32 == 0
+    zcode = sp[S_ZERO_CODE]
     for task in prange((total + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
+        buf = np.empty(32 if pack4 else 0, dtype=np.uint8)
         for blk in range(task * BLOCKS_PER_TASK, min(total, (task + 1) * BLOCKS_PER_TASK)):
-            start, stop = _block_bounds(blk, nb, length, bs)
-            amax, has_nan, has_inf = _block_stats_bits(x, start, stop)
-            code, k, nan_block = block_scale(amax, has_nan, has_inf, sp)
+            if flat32:
+                start = blk * 32
+                stop = start + 32
+                amax_bits, big = _amax_bits(x, start, start + 32)
+            else:
+                start, stop = _block_bounds(blk, nb, length, bs)
+                amax_bits, big = _amax_bits(x, start, stop)
+            code, k, nan_block = _scale32(amax_bits, big, sp)
             scales[blk] = code
             sc = np.float32(pow2(-k))
-            if rne:  # the default mode, constant-folded
-                for i in range(start, stop):
-                    codes[i] = encode_fast32(load32(x, i), sc, RNE_FLAGS, fp)
+            if pack4:  # flat32 holds: ``buf`` is the block, x offset ``start``
+                if rne:
+                    _encode_block32(x[start:], 0, 32, sc, RNE_FLAGS, fp, buf)
+                else:
+                    _encode_block32(x[start:], 0, 32, sc, flags, fp, buf)
+                if nan_block or zcode >= 0:
+                    _finish_block(x[start:], buf, 0, 32, nan_block, zcode)
+                _pack_block32(buf, codes, blk * 16)
+                continue
+            if flat32 and rne:  # the default mode, constant-folded
+                _encode_block32(x, start, start + 32, sc, RNE_FLAGS, fp, codes)
+            elif flat32:
+                _encode_block32(x, start, start + 32, sc, flags, fp, codes)
             else:
-                for i in range(start, stop):
-                    codes[i] = encode_fast32(load32(x, i), sc, flags, fp)
-            if nan_block or sp[S_ZERO_CODE] >= 0:
-                _finish_block(x, codes, start, stop, nan_block, sp[S_ZERO_CODE])
+                _encode_block32(x, start, stop, sc, flags, fp, codes)
+            if nan_block or zcode >= 0:
+                _finish_block(x, codes, start, stop, nan_block, zcode)
 
 
 @njit(parallel=True, cache=True)
@@ -234,8 +304,14 @@ def _quantize_generic(x, length, bs, alpha, rb, rstride, nbits, flags, tab, prm,
             _finish_block(x, codes, start, stop, nan_block, sp[S_ZERO_CODE])
 
 
-def quantize_rows(x2, fmt: BlockFormat, opts: ref.MXOptions, alpha, rb, rstride, nbits):
-    """(codes ``(rows, length)`` uint8, E8M0 scales ``(rows, n_blocks)`` uint8) of a 2-D array."""
+def quantize_rows(x2, fmt: BlockFormat, opts: ref.MXOptions, alpha, rb, rstride, nbits,
+                  pack4: bool = False):
+    """(codes ``(rows, length)`` uint8, E8M0 scales ``(rows, n_blocks)`` uint8) of a 2-D array.
+
+    ``pack4``: the codes packed two per byte, ``(rows, length // 2)``; raises ``Unsupported``
+    unless the fused kernel applies (4-bit elements, float32/bfloat16/float16 input,
+    deterministic rounding, no pre-scale, whole 32-element blocks).
+    """
     elem = fmt.element
     if opts.symmetric_int and elem.encoding == "int":
         elem = elem.replace(symmetric=True)
@@ -244,12 +320,15 @@ def quantize_rows(x2, fmt: BlockFormat, opts: ref.MXOptions, alpha, rb, rstride,
     sp = scale_params(elem, opts)
     rows, length = x2.shape
     bs = fmt.block_size
-    codes = np.empty((rows, length), dtype=np.uint8)
+    fast32 = use_fast(fp, flags) and alpha is None and x2.dtype != np.float64
+    if pack4 and not (fast32 and elem.bits == 4 and bs == 32 and length % 32 == 0):
+        raise Unsupported("fused packed MX quantize of this case")
+    codes = np.empty((rows, length // 2 if pack4 else length), dtype=np.uint8)
     scales = np.empty((rows, -(-length // bs)), dtype=np.uint8)
     flat, c1, s1 = x2.reshape(-1), codes.reshape(-1), scales.reshape(-1)
     scale = 1.0 if alpha is None else alpha
-    if use_fast(fp, flags) and alpha is None and x2.dtype != np.float64:
-        _quantize_fast32(flat, length, bs, flags, fp, sp, c1, s1)
+    if fast32:
+        _quantize_fast32(flat, length, bs, flags, fp, sp, c1, s1, pack4)
     elif use_fast(fp, flags):
         _quantize_fast(flat, length, bs, scale, flags, fp, sp, c1, s1)
     else:
@@ -276,17 +355,55 @@ def _dequantize(codes, scales, length, bs, lut, alpha, out):
                     out[i] = lut[codes[i]] * s / alpha
 
 
+@njit(parallel=True, cache=True)
+def _dequantize32(codes, scales, length, bs, lut32, out):
+    """float32 output without pre-scale: ``fl32(lut * 2**k)`` is one float32 product of exact
+    operands (``2**-127`` is a float32 subnormal), so IEEE rounds it once, as the reference's
+    cast of the exact float64 value does (overflow and subnormal results included)."""
+    nb = -(-length // bs)
+    total = scales.size
+    flat32 = bs == 32 and length % 32 == 0
+    for task in prange((total + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
+        for blk in range(task * BLOCKS_PER_TASK, min(total, (task + 1) * BLOCKS_PER_TASK)):
+            sc = np.int64(scales[blk])
+            s = np.float32(np.nan) if sc == ref.E8M0_NAN else np.float32(pow2(sc - 127))
+            if flat32:
+                for i in range(blk * 32, blk * 32 + 32):
+                    out[i] = lut32[codes[i]] * s
+            else:
+                start, stop = _block_bounds(blk, nb, length, bs)
+                for i in range(start, stop):
+                    out[i] = lut32[codes[i]] * s
+
+
 def dequantize_rows(codes2, scales2, fmt: BlockFormat, alpha, out_dtype) -> np.ndarray:
     """float32 or float64 values of 2-D MX codes (exact in float64, one rounding to float32)."""
     out = np.empty(codes2.shape, dtype=out_dtype)
-    _dequantize(codes2.reshape(-1), scales2.reshape(-1), codes2.shape[1], fmt.block_size,
-                fmt.element.values, 1.0 if alpha is None else alpha, out.reshape(-1))
+    args = (codes2.reshape(-1), scales2.reshape(-1), codes2.shape[1], fmt.block_size)
+    if alpha is None and out_dtype == np.float32:
+        _dequantize32(*args, _lut32(fmt.element), out.reshape(-1))
+    else:
+        _dequantize(*args, fmt.element.values, 1.0 if alpha is None else alpha, out.reshape(-1))
     return out
 
 
+@cache
+def _lut32(elem: ElementFormat) -> np.ndarray:
+    """The element values in float32 (exact: every element format fits float32)."""
+    lut = elem.values.astype(np.float32)
+    assert np.array_equal(lut, elem.values, equal_nan=True), elem.name
+    lut.setflags(write=False)
+    return lut
+
+
 def quantize(x: np.ndarray, spec: BlockFormat, axis: int, scale_rule, rounding, prescale, rbits,
-             preset, options: dict) -> QuantizedTensor:
-    """``numerics.quantize`` for an MX format (same arguments, same result)."""
+             preset, options: dict, pack4: bool = False):
+    """``numerics.quantize`` for an MX format (same arguments, same result).
+
+    ``pack4``: return ``(packed codes (rows, length // 2), scales (rows, n_blocks), blocking,
+    options, pre-scale)`` from the fused kernel instead (``quantize_rows``; ``Unsupported`` when
+    it does not apply).
+    """
     opts = ref.mx_options(preset, scale_rule=scale_rule, rounding=rounding, **options)
     alpha = DEFAULT_PRESCALE if prescale is True else (
         None if prescale in (None, False) else float(prescale))
@@ -296,7 +413,9 @@ def quantize(x: np.ndarray, spec: BlockFormat, axis: int, scale_rule, rounding, 
     rb = check_rbits(rbits, opts.rounding)
     rb2, rstride = rows_rbits(rb, b)
     codes, scales = quantize_rows(to_rows(kernel_input(x), b), spec, opts, alpha, rb2, rstride,
-                                  rbits_width(rb))
+                                  rbits_width(rb), pack4)
+    if pack4:
+        return codes, scales, b, opts, alpha
     return QuantizedTensor(
         fmt=spec.name, codes=from_rows(codes, b), scales=from_rows(scales, b), axis=b.axis,
         block_size=b.block_size, pad=b.pad, prescale=alpha, options=dict(vars(opts)),

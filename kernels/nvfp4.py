@@ -15,6 +15,7 @@ from lowbit.numerics import nvfp4 as ref
 from lowbit.numerics.api import _no_leftovers, _take
 from lowbit.numerics.blocks import make_blocking
 from lowbit.numerics.formats import BlockFormat, block_format
+from lowbit.numerics.specs import element_format
 from lowbit.numerics.tensor import QuantizedTensor
 
 from .core import (
@@ -28,7 +29,8 @@ from .core import (
     encode_one,
     f32_bits,
     fast_params,
-    load,
+    i32_and,
+    i32_max,
     mode_flags,
     rbits_width,
 )
@@ -39,7 +41,6 @@ BLOCKS_PER_TASK = 512
 ALGORITHM = {name: i for i, name in enumerate(ref.ALGORITHMS)}
 TE, TORCHAO, MODELOPT = (ALGORITHM[a] for a in ("transformer_engine", "torchao", "modelopt"))
 F32_MAX = np.float32(np.finfo(np.float32).max)
-RNE = mode_flags("nearest_even")
 
 
 @njit(cache=True, inline="always")
@@ -51,81 +52,97 @@ def _bounds(blk: int, nb: int, length: int) -> tuple[int, int]:
 
 @njit(parallel=True, cache=True)
 def _block_amax(x, length, amax) -> int:
-    """float32 max |x| per block into ``amax``; returns the count of non-finite float32 inputs."""
+    """float32 max |x| per block into ``amax`` (on the bit patterns, so a NaN is the largest);
+    returns the count of blocks holding a non-finite value."""
     nb = -(-length // 16)
     total = amax.size
+    flat = length % 16 == 0
     bad = 0
     for task in prange((total + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
         for blk in range(task * BLOCKS_PER_TASK, min(total, (task + 1) * BLOCKS_PER_TASK)):
-            start, stop = _bounds(blk, nb, length)
-            m = 0
+            if flat:
+                start, stop = blk * 16, blk * 16 + 16
+            else:
+                start, stop = _bounds(blk, nb, length)
+            m = np.int32(0)
             for i in range(start, stop):
-                a = np.int64(f32_bits(np.float32(load(x, i)))) & 0x7FFFFFFF
-                m = max(m, a)
+                m = i32_max(m, i32_and(f32_bits(x[i]), 0x7FFFFFFF))
             bad += m >= 0x7F800000
             amax[blk] = bits_f32(np.int32(min(m, 0x7F7FFFFF)))
     return bad
 
 
 @njit(cache=True, inline="always")
-def _ue4m3(s: np.float32, stab, sprm, svals) -> tuple[int, np.float32]:
-    """UE4M3 code (RNE, saturating) of a float32 block scale and its float32 value."""
-    code = encode_one(np.float64(s), 0, RNE, 0, 0, stab, sprm)
+def _ue4m3(s: np.float32, sfp, svals) -> tuple[int, np.float32]:
+    """UE4M3 code (RNE, saturating) of a float32 block scale ``0 <= s <= 448`` and its float32
+    value: UE4M3 codes are E4M3's non-negative ones, so E4M3's fast rounder gives them."""
+    code = encode_fast32(s, np.float32(1), RNE_FLAGS, sfp)
     return code, np.float32(svals[code])
 
 
 @njit(cache=True, inline="always")
-def _block_scale(algo, amax, tscale, s_enc, stab, sprm, svals) -> tuple[int, np.float32, bool]:
+def _block_scale(algo, amax, tscale, s_enc, sfp, svals) -> tuple[int, np.float32, bool]:
     """(UE4M3 code, float32 factor, divide) of one block: scaled = x * factor (or x / factor)."""
     one = np.float32(1)
     e_max = np.float32(6)
     s_max = np.float32(448)
     if algo == TE:
         sb = min(amax * (s_enc * (one / e_max)), F32_MAX)
-        code, sv = _ue4m3(min(sb, s_max), stab, sprm, svals)
+        code, sv = _ue4m3(min(sb, s_max), sfp, svals)
         return code, min(one / (sv * tscale), F32_MAX), False
     if algo == TORCHAO:
         t = (amax / e_max) / tscale
-        code, sv = _ue4m3(min(max(t, np.float32(2.0**-6)), s_max), stab, sprm, svals)
+        code, sv = _ue4m3(min(max(t, np.float32(2.0**-6)), s_max), sfp, svals)
         return code, (one / tscale) / sv, False
     t = amax / (e_max * tscale)
     t = one if t == 0 else t
-    code, sv = _ue4m3(min(max(t, np.float32(2.0**-9)), s_max), stab, sprm, svals)
+    code, sv = _ue4m3(min(max(t, np.float32(2.0**-9)), s_max), sfp, svals)
     return code, sv * tscale, True
 
 
+@njit(cache=True, inline="always")
+def _encode_fast_block(x, start, stop, f, divide, zero_fix, flags, fp, codes) -> int:
+    """Codes of ``x[start:stop] * f`` (or ``/ f``) by ``encode_fast32``; ``zero_fix``: a scaled
+    zero gets code 0 (modelopt). Returns the count of NaN scaled values."""
+    n_nan = 0
+    for i in range(start, stop):
+        y = x[i] / f if divide else x[i] * f
+        n_nan += y != y
+        c = encode_fast32(y, np.float32(1), flags, fp)
+        codes[i] = 0 if (zero_fix and y == 0) else c
+    return n_nan
+
+
 @njit(parallel=True, cache=True)
-def _quantize(x, length, amax, tscale, s_enc, algo, stab, sprm, svals, flags, fast, fp, rb,
+def _quantize(x, length, amax, tscale, s_enc, algo, sfp, svals, flags, fast, fp, rb,
               rstride, nbits, tab, prm, codes, scales) -> int:
     """Element codes and scale codes; returns the count of NaN scaled values (undefined)."""
     nb = -(-length // 16)
     total = scales.size
     n_nan = 0
-    one = np.float32(1)
+    flat = length % 16 == 0
+    rne_fast = fast and flags[2] == 1
+    zero_fix = algo == MODELOPT
     for task in prange((total + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
-        scaled = np.empty(16, dtype=np.float32)
         for blk in range(task * BLOCKS_PER_TASK, min(total, (task + 1) * BLOCKS_PER_TASK)):
-            start, stop = _bounds(blk, nb, length)
-            code, f, divide = _block_scale(algo, amax[blk], tscale, s_enc, stab, sprm, svals)
+            if flat:
+                start, stop = blk * 16, blk * 16 + 16
+            else:
+                start, stop = _bounds(blk, nb, length)
+            code, f, divide = _block_scale(algo, amax[blk], tscale, s_enc, sfp, svals)
             scales[blk] = code
-            for i in range(start, stop):
-                v = np.float32(load(x, i))
-                y = v / f if divide else v * f
-                n_nan += y != y
-                scaled[i - start] = y
-            if fast and flags[2] == 1:  # the default mode, constant-folded
-                for i in range(start, stop):
-                    codes[i] = encode_fast32(scaled[i - start], one, RNE_FLAGS, fp)
+            if rne_fast and flat and not divide:  # the default, constant-folded
+                n_nan += _encode_fast_block(x, start, start + 16, f, False, zero_fix,
+                                            RNE_FLAGS, fp, codes)
             elif fast:
-                for i in range(start, stop):
-                    codes[i] = encode_fast32(scaled[i - start], one, flags, fp)
+                n_nan += _encode_fast_block(x, start, stop, f, divide, zero_fix, flags, fp,
+                                            codes)
             else:
                 for i in range(start, stop):
-                    codes[i] = encode_one(np.float64(scaled[i - start]), 0, flags,
-                                          rb[i * rstride], nbits, tab, prm)
-            if algo == MODELOPT:
-                for i in range(start, stop):
-                    codes[i] = 0 if scaled[i - start] == 0 else codes[i]
+                    y = x[i] / f if divide else x[i] * f
+                    n_nan += y != y
+                    c = encode_one(np.float64(y), 0, flags, rb[i * rstride], nbits, tab, prm)
+                    codes[i] = 0 if (zero_fix and y == 0) else c
     return n_nan
 
 
@@ -158,14 +175,14 @@ def quantize(x: np.ndarray, spec: BlockFormat, axis: int, rounding, rbits, prese
     flags = mode_flags(opts.rounding)
     fp = fast_params(spec.element, True)
     tab, prm = element_table(spec.element, True)
-    stab, sprm = element_table(spec.scale, True)
+    sfp = fast_params(element_format("e4m3"), True)
     rb = check_rbits(rbits, opts.rounding)
     rb2, rstride = rows_rbits(rb, b)
     codes = np.empty(x2.size, dtype=np.uint8)
     scales = np.empty(amax.size, dtype=np.uint8)
-    n_nan = _quantize(x2, b.length, amax, tscale, s_enc, algo, stab, sprm,
-                      spec.scale.values, flags, use_fast(fp, flags), fp or NO_FAST, rb2, rstride,
-                      rbits_width(rb), tab, prm, codes, scales)
+    n_nan = _quantize(x2, b.length, amax, tscale, s_enc, algo, sfp, spec.scale.values, flags,
+                      use_fast(fp, flags), fp or NO_FAST, rb2, rstride, rbits_width(rb), tab, prm,
+                      codes, scales)
     if n_nan:
         raise ValueError(
             f"algorithm={opts.algorithm!r} is undefined for global amax {float(g)!r}: its float32 "
@@ -190,12 +207,17 @@ def _bad_input(x: np.ndarray) -> None:
 def _dequantize(codes, length, scales, elut, slut, ts, out) -> None:
     nb = -(-length // 16)
     total = scales.size
+    flat = length % 16 == 0
     for task in prange((total + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
         for blk in range(task * BLOCKS_PER_TASK, min(total, (task + 1) * BLOCKS_PER_TASK)):
-            start, stop = _bounds(blk, nb, length)
             s = slut[scales[blk]] * ts
-            for i in range(start, stop):
-                out[i] = elut[codes[i]] * s
+            if flat:
+                for i in range(blk * 16, blk * 16 + 16):
+                    out[i] = elut[codes[i]] * s
+            else:
+                start, stop = _bounds(blk, nb, length)
+                for i in range(start, stop):
+                    out[i] = elut[codes[i]] * s
 
 
 def dequantize(q: QuantizedTensor, dtype) -> np.ndarray:

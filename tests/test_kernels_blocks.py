@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from kernel_helpers import boundary_values, cast, check_quantize, random_values
+from kernel_helpers import assert_same, boundary_values, cast, check_quantize, random_values
 
 from lowbit import numerics as ln
 from lowbit.numerics import hif4, nvfp4
@@ -117,3 +117,25 @@ def test_absmax_dtypes_and_shapes():
 def test_blocks_hypothesis(fmt, rounding, x):
     rb = np.random.default_rng(x.size).integers(0, 2**16, x.shape).astype(np.uint16)
     check_quantize(x, fmt, rounding=rounding, rbits=rb, dequantize=False)
+
+
+@pytest.mark.parametrize("rounding", hif4.SCALE_ROUNDINGS)
+def test_hif4_e6m2_bit_rounder(rounding):
+    """The E6M2 scale rounding on the float64 pattern equals the reference's encoder on every
+    bf16 value of ``[SF_MIN, SF_MAX]`` (SF is bf16-rounded and clamped before it)."""
+    from numba import njit
+
+    from lowbit.kernels.hif4 import _e6m2
+
+    bf = np.arange(0, 1 << 15, dtype=np.uint32) << 16
+    sf = bf.view(np.float32).astype(np.float64)
+    sf = sf[(sf >= hif4.SF_MIN) & (sf <= hif4.SF_MAX)]
+    @njit
+    def run(v, away):
+        out = np.empty(v.size, np.uint8)
+        for i in range(v.size):
+            out[i] = _e6m2(v[i], away)
+        return out
+
+    got = run(sf, rounding == "nearest_away")
+    assert_same(ln.encode(sf, "e6m2", rounding=rounding, backend="reference"), got)

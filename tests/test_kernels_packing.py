@@ -76,3 +76,53 @@ def test_quantize_peak_memory():
         assert peak <= out + x.nbytes + (1 << 16), (fmt, axis, peak, out)
         if axis == -1:  # no copy of the input: only per-block scratch (<= 1/16 of the input)
             assert peak <= out + x.nbytes // 16 + (1 << 16), (fmt, axis, peak, out)
+
+
+FUSED_CASES = [
+    ((40, 64), {}), ((40, 64), {"axis": 0}), ((40, 64), {"rounding": "toward_zero"}),
+    ((40, 64), {"preset": "torchao"}), ((40, 64), {"scale_rule": "ceil"}),
+    ((40, 50), {}), ((40, 64), {"prescale": True}), ((3, 2, 96), {"axis": 1}),
+]
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "mxfp8_e4m3", "nvfp4"])
+@pytest.mark.parametrize("shape,kw", FUSED_CASES)
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_quantize_packed(fmt, shape, kw, dtype):
+    """Fused quantize-to-packed equals ``pack(quantize(...))`` of the reference, and unpacking
+    it dequantizes to the reference's values (fused kernel: mxfp4; the rest fall back)."""
+    from kernel_helpers import cast, random_values
+
+    from lowbit.kernels.fused import quantize_packed
+
+    n = int(np.prod(shape))
+    x = random_values(np.random.default_rng(n), n, spread=12)[:n].reshape(shape)
+    if fmt == "nvfp4":
+        x = np.nan_to_num(x, nan=0.5, posinf=3.0, neginf=-3.0)
+    else:
+        x.reshape(-1)[:: 97] = np.nan
+    x = cast(x, dtype)
+    if fmt == "nvfp4" and kw and "axis" not in kw:
+        return  # MX-only options
+    for layout in packing.SCALE_LAYOUTS:
+        q = ln.quantize(x, fmt, backend="reference", **kw)
+        r = packing.pack(q, scale_layout=layout)
+        k = quantize_packed(x, fmt, scale_layout=layout, backend="numba", **kw)
+        _assert_same_packed(r, k)
+        assert_same(ln.dequantize(q, backend="reference"),
+                    ln.dequantize(dispatch.unpack(k, backend="numba"), backend="numba"))
+
+
+def test_quantize_packed_is_fused():
+    """mxfp4 runs the fused kernel: the unpacked codes (twice the packed size) never exist."""
+    from lowbit.kernels.fused import quantize_packed
+
+    x = np.random.default_rng(0).standard_normal((256, 4096)).astype(np.float32)
+    quantize_packed(x, "mxfp4", backend="numba")  # compile (or load) outside the trace
+    tracemalloc.start()
+    p = quantize_packed(x, "mxfp4", backend="numba")
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < p.data.nbytes + p.scales.nbytes + (1 << 16) < x.size, peak
+    with pytest.raises(ValueError, match="scale_layout"):
+        quantize_packed(x, "mxfp4", scale_layout="bogus")
