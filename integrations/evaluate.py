@@ -8,7 +8,10 @@ predicts token ``t + 1``, so every segment scores ``L - 1`` tokens.
 * KL: ``mean_t KL(p_ref(.|t) || p_q(.|t))`` in nats, the reference being the unquantized model's
   next-token distribution on the same tokens (``reference_logprobs``; stored as float16
   log-probabilities to bound memory, so KL below about 1e-5 is at the storage resolution);
-* top-1 agreement: the fraction of positions where both models' argmax tokens agree.
+* top-1 agreement: the fraction of positions where both models' argmax tokens agree;
+* ``kl_se`` / ``top1_se``: standard errors of those means over the segments
+  (``std(per-segment means) / sqrt(n_segments)``; tokens within a segment are correlated, so
+  this is the honest resolution of a table row).
 
 KL and top-1 agreement are far more sensitive than perplexity on small models.
 """
@@ -46,8 +49,7 @@ def reference_logprobs(model, ids, batch_size: int = 4) -> list[tuple]:
 def evaluate(model, ids, reference=None, batch_size: int = 4, progress: bool = False) -> dict:
     """``{"ppl", "nll", "kl", "top1", "tokens"}`` (kl/top1 only with ``reference``)."""
     nll = 0.0
-    kl = 0.0
-    agree = 0
+    seg_kl, seg_agree = [], []
     n = 0
     it = list(_batches(ids, batch_size))
     if progress:
@@ -62,10 +64,12 @@ def evaluate(model, ids, reference=None, batch_size: int = 4, progress: bool = F
         if reference is not None:
             ref, top = reference[bi]
             ref = ref.float()
-            kl += (ref.exp() * (ref - logp)).sum().item()
-            agree += (top == logp.argmax(-1)).sum().item()
+            seg_kl += (ref.exp() * (ref - logp)).sum(-1).mean(-1).tolist()
+            seg_agree += (top == logp.argmax(-1)).float().mean(-1).tolist()
     out = {"nll": nll / n, "ppl": math.exp(nll / n), "tokens": n}
     if reference is not None:
-        out["kl"] = kl / n
-        out["top1"] = agree / n
+        for key, seg in (("kl", seg_kl), ("top1", seg_agree)):
+            t = torch.tensor(seg, dtype=torch.float64)
+            out[key] = t.mean().item()
+            out[key + "_se"] = (t.std() / math.sqrt(len(seg))).item() if len(seg) > 1 else 0.0
     return out

@@ -23,12 +23,17 @@ from transformers.cache_utils import DynamicCache
 
 from .fakequant import fake_quant, parse_spec
 
+SAME = "same"  # a value spec equal to the key spec
+
 
 class QuantizedKVCache(DynamicCache):
-    def __init__(self, config=None, keys=None, values=None, **kwargs):
+    """``keys`` / ``values``: specs (``None`` or ``"none"``: not quantized); ``values="same"``
+    (the default) uses the key spec."""
+
+    def __init__(self, config=None, keys=None, values=SAME, **kwargs):
         super().__init__(config=config, **kwargs)
         self.key_spec = parse_spec(keys)
-        self.value_spec = parse_spec(values if values is not None else keys)
+        self.value_spec = self.key_spec if _is_same(values) else parse_spec(values)
 
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
         key_states = fake_quant(key_states, self.key_spec)
@@ -36,10 +41,15 @@ class QuantizedKVCache(DynamicCache):
         return super().update(key_states, value_states, layer_idx, *args, **kwargs)
 
 
-def install_kv_cache(model, keys, values=None) -> None:
-    """Make ``model`` create a ``QuantizedKVCache`` whenever it would create a cache itself."""
+def _is_same(values) -> bool:
+    return isinstance(values, str) and values == SAME
+
+
+def install_kv_cache(model, keys, values=SAME) -> None:
+    """Make ``model`` create a ``QuantizedKVCache`` whenever it would create a cache itself
+    (``values`` as in ``QuantizedKVCache``)."""
     keys = parse_spec(keys)
-    values = parse_spec(values) if values is not None else keys
+    values = keys if _is_same(values) else parse_spec(values)
     if getattr(model, "_lowbit_orig_forward", None) is None:
         model._lowbit_orig_forward = model.forward
     orig = model._lowbit_orig_forward

@@ -11,15 +11,19 @@ Specs (``weights``, ``activations``, ``kv_cache``): a format name with options, 
 ``{"format": "nvfp4"}``), or None for none. ``kv_cache`` may be a ``(keys, values)`` pair.
 
 Every ``nn.Linear`` whose qualified name matches none of the ``exclude`` regular expressions
-(``re.search``; default ``("lm_head",)``) becomes a ``QuantLinear``; embeddings and norms stay
-as they are. The KV cache becomes a ``QuantizedKVCache`` (``kvcache``).
+(``re.search``; default ``("lm_head",)``) becomes a ``QuantLinear``; fused mixture-of-experts
+weights (``experts.gate_up_proj`` / ``down_proj``, matched as ``<module>.<param>``) are quantized
+per expert by RTN after the method has run on the linears (``experts``); embeddings, norms and
+routers stay as they are. The KV cache becomes a ``QuantizedKVCache`` (``kvcache``).
 
 Methods (``ptq``): ``rtn``; ``gptq``; ``mrgptq`` (block Hadamard of the weight block size +
-GPTQ + the 3/4 MX pre-scale); ``smoothquant``; ``awq``; ``quarot`` (model-wide rotation + RTN,
-``method_options={"gptq": True}`` for GPTQ); ``rotation="block"|"global"`` adds a rotation to
-any method. Calibrated methods run layer by layer over the decoder layers: the inputs of layer
-``i`` are the outputs of the already-quantized layers ``< i`` (activation quantization included),
-the model is modified in place and never copied.
+GPTQ + the 3/4 MX pre-scale); ``smoothquant``; ``awq``; ``quarot`` (residual-stream rotation
+fused into the weights, ``ptq.fuse_rotation``; ``method_options={"rotation": "block"}`` for the
+block-aligned kind, ``{"gptq": True}`` for GPTQ); ``spinquant``; ``flatquant``;
+``rotation="block"|"global"`` adds an online rotation to any other method. Calibrated methods
+run layer by layer over the decoder layers: the inputs of layer ``i`` are the outputs of the
+already-quantized layers ``< i`` (activation quantization included), the model is modified in
+place and never copied.
 """
 
 from __future__ import annotations
@@ -31,17 +35,32 @@ import re
 import torch
 from torch import nn
 
-from .fakequant import parse_spec
+from .experts import (
+    experts_layouts,
+    prepare_experts,
+    quantize_experts,
+    refresh_experts,
+    target_experts,
+)
+from .fakequant import check_spec, parse_spec
 from .kvcache import install_kv_cache
 from .qlinear import QuantLinear
 
-METHODS = ("rtn", "gptq", "mrgptq", "smoothquant", "awq", "quarot")
 CONFIG_NAME = "lowbit.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
+def _patterns(exclude) -> list[re.Pattern]:
+    if isinstance(exclude, str):
+        exclude = (exclude,)
+    try:
+        return [re.compile(p) for p in (exclude or ())]
+    except re.error as e:
+        raise ValueError(f"bad exclude pattern in {exclude!r}: {e}") from e
+
+
 def target_linears(model: nn.Module, exclude=("lm_head",)) -> dict[str, nn.Linear]:
-    pats = [re.compile(p) for p in (exclude or ())]
+    pats = _patterns(exclude)
     return {name: m for name, m in model.named_modules()
             if isinstance(m, nn.Linear) and not any(p.search(name) for p in pats)}
 
@@ -67,13 +86,16 @@ def quantize_model(model: nn.Module, weights=None, activations=None, kv_cache=No
                    rotation: str | None = None, rotation_size: int | None = None,
                    method_options: dict | None = None, progress: bool = True) -> nn.Module:
     """Quantize ``model`` in place (see the module docstring) and return it."""
-    from .ptq import run_method
+    from .ptq import METHODS, run_method
 
     wspec, aspec = parse_spec(weights), parse_spec(activations)
     if isinstance(kv_cache, (tuple, list)):
         kspec, vspec = parse_spec(kv_cache[0]), parse_spec(kv_cache[1])
     else:
         kspec = vspec = parse_spec(kv_cache)
+    for spec, what in ((wspec, "weights"), (aspec, "activations"), (kspec, "kv_cache keys"),
+                       (vspec, "kv_cache values")):
+        check_spec(spec, what)
     opts = dict(method_options or {})
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
@@ -86,14 +108,20 @@ def quantize_model(model: nn.Module, weights=None, activations=None, kv_cache=No
         rotation = rotation or "global"
     rot = _rotation(rotation, wspec, rotation_size, opts.get("seed", 0))
     targets = target_linears(model, exclude)
+    experts = target_experts(model, exclude)
+    if experts and method in ("quarot", "spinquant", "flatquant"):
+        raise ValueError(f"method {method!r} does not transform fused expert weights "
+                         f"({next(iter(experts))}); use rtn, gptq, smoothquant or awq")
     if wspec is not None or aspec is not None or rot is not None:
         run_method(model, targets, method, wspec, aspec, rot, calibration, opts, progress)
+    for name, params in experts.items():
+        quantize_experts(model.get_submodule(name), wspec, aspec, params)
     install_kv_cache(model, kspec, vspec)
     model.lowbit_config = {
         "weights": None if wspec is None else wspec.to_dict(),
         "activations": None if aspec is None else aspec.to_dict(),
         "kv_cache": [None if s is None else s.to_dict() for s in (kspec, vspec)],
-        "method": method, "rotation": rot, "exclude": list(exclude or ()),
+        "method": method, "rotation": rot, "exclude": [p.pattern for p in _patterns(exclude)],
         "method_options": opts,
     }
     return model
@@ -116,6 +144,7 @@ def save_quantized(model: nn.Module, path: str, tokenizer=None) -> None:
         "lowbit_config": getattr(model, "lowbit_config", {}),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "modules": {n: m.config() for n, m in quant_linears(model).items()},
+        "experts": experts_layouts(model),
     }
     with open(os.path.join(path, CONFIG_NAME), "w") as fh:
         json.dump(doc, fh, indent=1)
@@ -136,6 +165,8 @@ def load_quantized(path: str, device: str | torch.device = "cpu") -> nn.Module:
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     for name, cfg in doc["modules"].items():
         set_module(model, name, QuantLinear.from_config(cfg))
+    for name, layout in doc.get("experts", {}).items():
+        prepare_experts(model.get_submodule(name), layout)
     model.to(device)
     missing, unexpected = load_model(model, os.path.join(path, WEIGHTS_NAME), strict=False,
                                      device=str(device))
@@ -147,6 +178,8 @@ def load_quantized(path: str, device: str | torch.device = "cpu") -> nn.Module:
         model.tie_weights()
     for m in quant_linears(model).values():
         m.refresh()
+    for name in doc.get("experts", {}):
+        refresh_experts(model.get_submodule(name))
     cfg = doc.get("lowbit_config", {})
     kv = cfg.get("kv_cache") or [None, None]
     install_kv_cache(model, parse_spec(kv[0]), parse_spec(kv[1]))

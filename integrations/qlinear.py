@@ -10,6 +10,10 @@ buffer, so a saved and reloaded layer computes bit-identical outputs.
 ``forward(x)``: ``x -> rotate(x) -> fake_quant(x, activations) -> x @ W_deq^T + b``. ``rotation``
 (``ptq.hadamard``) is fused into the stored weight (``W R``) and applied online to ``x``.
 Without a weight spec the layer keeps a float ``weight`` (activation-only quantization).
+Linears called in a row on the same input tensor with the same rotation and activation spec
+(q/k/v, gate/up) reuse the first one's quantized input instead of quantizing it again (same
+values; a one-entry cache keyed by tensor identity and version counter, bypassed when autograd
+needs the graph and for inference-mode tensors).
 """
 
 from __future__ import annotations
@@ -134,8 +138,7 @@ class QuantLinear(nn.Module):
         return self.w_deq
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = rotate(x, self.rotation)
-        x = fake_quant(x, self.act_spec)
+        x = _quantized_input(x, self.rotation, self.act_spec)
         w = self.dense_weight()
         return nn.functional.linear(x, w.to(x.dtype),
                                     None if self.bias is None else self.bias.to(x.dtype))
@@ -143,6 +146,22 @@ class QuantLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, weights={self.weight_spec}, "
                 f"activations={self.act_spec}, rotation={self.rotation}")
+
+
+_LAST: list = []  # [(input, input version, rotation, spec), quantized input]
+
+
+def _quantized_input(x: torch.Tensor, rotation, spec) -> torch.Tensor:
+    """``fake_quant(rotate(x, rotation), spec)``, reused for the same unmodified input."""
+    if (x.requires_grad and torch.is_grad_enabled()) or x.is_inference():
+        return fake_quant(rotate(x, rotation), spec)  # (inference tensors have no version)
+    if _LAST:
+        (x0, version, rot0, spec0), out = _LAST
+        if x0 is x and version == x._version and rot0 == rotation and spec0 == spec:
+            return out
+    out = fake_quant(rotate(x, rotation), spec)
+    _LAST[:] = [(x, x._version, rotation, spec), out]
+    return out
 
 
 def _pack(q) -> tuple[dict, dict]:

@@ -100,29 +100,46 @@ def sequential(model, calibration, targets: dict, fn, progress: bool = True,
 
 class InputStats:
     """Forward hooks accumulating per-linear input statistics: the Gram matrix ``sum x^T x``
-    (GPTQ's Hessian up to 2/n), per-channel ``max |x|`` and ``mean |x|``, and a token sample."""
+    (GPTQ's Hessian up to 2/n; float32 matmuls, so ``gram`` is float32), per-channel ``max |x|``
+    and ``sum |x|`` (``channel``), and a token sample (``sample`` tokens).
+
+    Linears called one after another on the same input tensor with the same rotation (q/k/v,
+    gate/up) share one ``gram`` tensor object, computed once.
+    """
 
     def __init__(self, modules: dict, rotations: dict | None = None, gram: bool = True,
-                 sample: int = 0):
+                 sample: int = 0, channel: bool = True):
         from .hadamard import rotate
 
         self.stats = {n: {"n": 0} for n in modules}
         self.handles = []
+        self._last = None  # (input tensor, rotation, name) of the latest hook call
         for name, mod in modules.items():
             rot = (rotations or {}).get(name)
 
             def hook(m, args, out, name=name, rot=rot):
-                x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+                raw = args[0]
+                x = raw.detach().reshape(-1, raw.shape[-1]).float()
                 if rot:
                     x = rotate(x, rot)
                 s = self.stats[name]
                 s["n"] += x.shape[0]
+                last = self._last
+                shared = last is not None and last[0] is raw and last[1] == rot
                 if gram:
-                    g = (x.T.double() @ x.double())
-                    s["gram"] = g if "gram" not in s else s["gram"] + g
-                a = x.abs()
-                s["max"] = a.amax(0) if "max" not in s else torch.maximum(s["max"], a.amax(0))
-                s["sum"] = a.sum(0) if "sum" not in s else s["sum"] + a.sum(0)
+                    owner = last[2] if shared else name
+                    if s.setdefault("owner", owner) != owner:
+                        raise RuntimeError(f"{name}: input shared inconsistently across calls")
+                    if owner != name:
+                        s["gram"] = self.stats[owner]["gram"]
+                    else:
+                        g = x.T @ x
+                        s["gram"] = g if "gram" not in s else s["gram"].add_(g)
+                self._last = (raw, rot, s.get("owner", name))
+                if channel:
+                    a = x.abs()
+                    s["max"] = a.amax(0) if "max" not in s else torch.maximum(s["max"], a.amax(0))
+                    s["sum"] = a.sum(0) if "sum" not in s else s["sum"] + a.sum(0)
                 if sample:
                     have = s.get("x")
                     if have is None or have.shape[0] < sample:
@@ -135,3 +152,4 @@ class InputStats:
         for h in self.handles:
             h.remove()
         self.handles = []
+        self._last = None

@@ -8,8 +8,11 @@ mean(diag H) * I``, lambda = ``damp`` = 0.01; dead columns with ``H_jj = 0`` get
     q_j = Q(w_j; scale of (row, block(j))),   e_j = (w_j - q_j) / U_jj,
     w_{j+1:} -= e_j U_{j, j+1:}
 
-Updates inside a lazy batch of ``lazy`` (128) columns are applied immediately; the rest of the
-matrix is updated once per batch with one GEMM ``W[:, i2:] -= E U[i1:i2, i2:]``.
+Updates inside a lazy batch of ``lazy`` (128) columns are applied immediately (compiled loop,
+``sweep``); the rest of the matrix is updated once per batch with one float32 GEMM
+``W[:, i2:] -= E U[i1:i2, i2:]``. ``H`` is accumulated in float32 (``calibrate.InputStats``);
+its inverse Cholesky factor is computed in float64 and shared by the linears that read the same
+input (q/k/v, gate/up).
 
 Block-format rules:
 
@@ -28,8 +31,10 @@ Block-format rules:
    block scales then follow rule 1.
 5. Pre-scale: a fixed MX ``prescale`` applies to every block; ``prescale_search`` picks alpha on
    ``W`` (weight MSE) before the sweep.
-6. Element rounding with a fixed scale uses the format's rounding and saturates
-   (``ptq.grid.BlockGrid``): clipping error is part of ``e_j`` and gets compensated.
+6. Element rounding with a fixed scale uses the format's rounding and saturates: clipping
+   error is part of ``e_j`` and gets compensated. Scales come from ``ptq.grid.BlockGrid``; the
+   rounding is ``ptq.sweep``'s table lookup (checked against ``encode``), or
+   ``BlockGrid.round_columns`` for rounding modes a table cannot express.
 
 The result is a ``QuantizedTensor`` (codes + scales) whose ``dequantize`` is the stored weight.
 """
@@ -43,6 +48,7 @@ from ..fakequant import QuantSpec
 from ..qlinear import QuantLinear
 from .calibrate import InputStats, sequential
 from .grid import BlockGrid
+from .sweep import element_table, sweep
 
 
 def _resolve_prescale(w: np.ndarray, spec: QuantSpec) -> QuantSpec:
@@ -59,74 +65,101 @@ def _resolve_prescale(w: np.ndarray, spec: QuantSpec) -> QuantSpec:
 
 
 def gptq_quantize(w: torch.Tensor, h: torch.Tensor, spec: QuantSpec, *, damp: float = 0.01,
-                  lazy: int = 128, act_order: bool = True, scales: str = "dynamic"):
+                  lazy: int = 128, act_order: bool = True, scales: str = "dynamic",
+                  cache: dict | None = None):
     """GPTQ of ``w (N, K)`` with Hessian ``h (K, K)`` in block format ``spec``.
 
-    Returns ``(QuantizedTensor, dequantized float32 numpy (N, K))``.
+    ``cache``: a dict shared by calls with the same ``h`` (it keeps the processing order and
+    inverse factor). Returns ``(QuantizedTensor, dequantized float32 numpy (N, K))``.
     """
-    w = w.detach().cpu().double().clone()
-    n_rows, k = w.shape
-    h = h.detach().cpu().double().clone()
-    spec = _resolve_prescale(w.float().numpy(), spec)
-    dead = torch.diag(h) == 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    grid = BlockGrid(w.float().numpy(), spec)
-    b = grid.block if grid.block and grid.block < k else k
-    single = b >= k
-    static = scales == "static" or single
     if scales not in ("static", "dynamic"):
         raise ValueError("scales must be 'static' or 'dynamic'")
-
-    # processing order
-    n_blocks = -(-k // b)
-    if act_order and static:
-        perm = torch.argsort(torch.diag(h), descending=True, stable=True)
-    elif act_order:
-        full = k // b
-        energy = torch.stack([torch.diag(h)[i * b:(i + 1) * b].sum() for i in range(full)]) \
-            if full else torch.zeros(0)
-        order = torch.argsort(energy, descending=True, stable=True).tolist()
-        if full < n_blocks:
-            order.append(full)
-        perm = torch.cat([torch.arange(i * b, min((i + 1) * b, k)) for i in order])
-    else:
-        perm = torch.arange(k)
-    w = w[:, perm]
-    h = h[perm][:, perm]
+    w = w.detach().cpu().float().clone()
+    n_rows, k = w.shape
+    h = h.detach().cpu().float()
+    if h.shape != (k, k):
+        raise ValueError(f"Hessian shape {tuple(h.shape)} does not match K={k}")
+    spec = _resolve_prescale(w.numpy(), spec)
+    dead = torch.diag(h) == 0
+    if dead.any():
+        h = h.clone()
+        h[dead, dead] = 1.0
+        w[:, dead] = 0.0
+    grid = BlockGrid(w.numpy(), spec)
+    b = grid.block if grid.block and grid.block < k else k
+    static = scales == "static" or b >= k
+    key = (b, act_order, static, damp)
+    if cache is None or key not in cache:
+        perm = _order(torch.diag(h), k, b, act_order, static)
+        factor = (perm, _inverse_factor(h[perm][:, perm], damp))
+        if cache is not None:
+            cache[key] = factor
+    perm, hinv = cache[key] if cache is not None else factor
+    w = w[:, perm].contiguous()
     perm_np = perm.numpy()
 
-    h += torch.eye(k, dtype=h.dtype) * (damp * torch.mean(torch.diag(h)))
-    hinv = torch.linalg.cholesky(h)
-    hinv = torch.cholesky_inverse(hinv)
-    hinv = torch.linalg.cholesky(hinv, upper=True)
-
-    if static:
-        step = max(lazy, 1)
-    else:
-        step = max(b, (lazy // b) * b)
-    qvals = torch.zeros_like(w)
+    table = element_table(spec.fmt, grid.rounding)
+    step = max(lazy, 1) if static else max(b, (lazy // b) * b)
+    qvals = np.zeros((k, n_rows), np.float64)  # transposed, processing order
     for i1 in range(0, k, step):
         i2 = min(i1 + step, k)
-        w1 = w[:, i1:i2].clone()
-        err1 = torch.zeros_like(w1)
-        hinv1 = hinv[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            col = i1 + i
-            orig = int(perm_np[col])
-            if not static and orig % b == 0:
-                blk = orig // b
-                width = min(b, k - orig)
-                grid.refresh_block(blk, w1[:, i:i + width].float().numpy())
-            wc = w1[:, i]
-            q = torch.from_numpy(grid.round_columns([orig], wc.numpy()[:, None])[:, 0])
-            qvals[:, col] = q
-            e = (wc - q) / hinv1[i, i]
-            w1[:, i:] -= e[:, None] @ hinv1[i, i:][None, :]
-            err1[:, i] = e
-        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
-    inv = torch.argsort(perm)
-    return grid.result(), qvals[:, inv].float().numpy()
+        cols = perm_np[i1:i2]
+        wt = w[:, i1:i2].T.double().contiguous().numpy()
+        ht = hinv[i1:i2, i1:i2].contiguous().numpy()
+        st = np.ascontiguousarray(grid.s_eff[:, cols].T)
+        codes = np.zeros(wt.shape, np.int64)
+        et = np.zeros_like(wt)
+        starts = [0] if static else [i for i in range(i2 - i1) if cols[i] % b == 0]
+        for c0, c1 in zip(starts, starts[1:] + [i2 - i1], strict=True):
+            if not static:
+                blk, width = cols[c0] // b, c1 - c0
+                grid.refresh_block(blk, wt[c0:c1].T)
+                st[c0:c1] = grid.s_eff[:, cols[c0]:cols[c0] + width].T
+            if table.exact:
+                sweep(wt, ht, st, c0, c1, table, codes, qvals[i1:i2], et)
+            else:
+                _sweep_encode(wt, ht, st, c0, c1, grid, cols, codes, qvals[i1:i2], et)
+        grid.q.codes[:, cols] = codes.T.astype(grid.q.codes.dtype)
+        w[:, i2:] -= torch.from_numpy(et.T).float() @ hinv[i1:i2, i2:].float()
+    inv = np.argsort(perm_np)
+    return grid.result(), qvals[inv].T.astype(np.float32)
+
+
+def _order(diag: torch.Tensor, k: int, b: int, act_order: bool, static: bool) -> torch.Tensor:
+    """Processing order of the columns (rule 3 of the module docstring)."""
+    if not act_order:
+        return torch.arange(k)
+    if static:
+        return torch.argsort(diag, descending=True, stable=True)
+    full = k // b
+    energy = diag[: full * b].reshape(full, b).sum(1)
+    order = torch.argsort(energy, descending=True, stable=True).tolist()
+    if full * b < k:
+        order.append(full)
+    return torch.cat([torch.arange(i * b, min((i + 1) * b, k)) for i in order])
+
+
+def _inverse_factor(h: torch.Tensor, damp: float) -> torch.Tensor:
+    """``U = chol((H + damp mean(diag H) I)^-1)^T`` (upper), in float32 like reference GPTQ, in
+    float64 when float32 Cholesky fails; returned as float64."""
+    def factor(hd: torch.Tensor) -> torch.Tensor:
+        hd = hd + torch.eye(hd.shape[0], dtype=hd.dtype) * (damp * torch.mean(torch.diag(hd)))
+        return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(hd)),
+                                     upper=True)
+
+    try:
+        return factor(h.float()).double()
+    except torch.linalg.LinAlgError:
+        return factor(h.double())
+
+
+def _sweep_encode(wt, ht, st, c0, c1, grid, cols, codes, qt, et) -> None:
+    """``sweep`` through ``BlockGrid.round_columns`` (rounding modes without a table)."""
+    for i in range(c0, c1):
+        qt[i] = grid.round_columns([cols[i]], wt[i][:, None])[:, 0]
+        codes[i] = grid.q.codes[:, cols[i]]
+        et[i] = (wt[i] - qt[i]) / ht[i, i]
+        wt[i + 1:] -= np.outer(ht[i, i + 1:], et[i])
 
 
 def apply_layer(model, layer, named: dict, run, wspec, aspec, rot, opts: dict) -> None:
@@ -138,9 +171,10 @@ def apply_layer(model, layer, named: dict, run, wspec, aspec, rot, opts: dict) -
     if not named:
         return
     gopts = {k: opts[k] for k in ("damp", "lazy", "act_order", "scales") if k in opts}
-    stats = InputStats(named, {n: rot for n in named})
+    stats = InputStats(named, {n: rot for n in named}, channel=False)
     run()
     stats.remove()
+    caches: dict[int, dict] = {}  # per distinct Gram matrix (linears sharing an input)
     for name, lin in named.items():
         s = stats.stats[name]
         if wspec is None:
@@ -150,9 +184,9 @@ def apply_layer(model, layer, named: dict, run, wspec, aspec, rot, opts: dict) -
         if rot:
             w = rotate(w, rot)
         hess = s["gram"] * (2.0 / max(s["n"], 1))
-        q, _ = gptq_quantize(w, hess, wspec, **gopts)
+        q, _ = gptq_quantize(w, hess, wspec, cache=caches.setdefault(id(s["gram"]), {}),
+                             **gopts)
         set_module(model, name, QuantLinear.from_linear(lin, wspec, aspec, rot, qweight=q))
-        del stats.stats[name]
 
 
 def apply(model, targets: dict, wspec, aspec, rot, calibration, opts: dict,

@@ -18,9 +18,9 @@ power-of-two block scales).
   (``m = K / p``; ``Q_1 = [1]``), times a seeded random sign diagonal, so every output channel mixes
   every input channel. With K a power of two it is a randomised Hadamard transform.
 
-Rotations are applied per linear layer here (online ``x R``) rather than by rotating the residual
-stream and folding RMSNorm scales into the weights as QuaRot does; the quantized operands are
-the same up to the placement of the RMSNorm gain (see the integration notes in ``model.py``).
+Used two ways: per linear layer (``QuantLinear``'s online ``x R``, the ``rotation=`` option of any
+method, and MR-GPTQ), and by ``fuse_rotation`` (QuaRot), which rotates the residual stream with
+the same matrices fused into the weights and keeps only the down projection's rotation online.
 """
 
 from __future__ import annotations
