@@ -19,7 +19,10 @@ HELP = "quantization studies on language models (lowbit study ptq ...)"
 
 
 def add_study(p: argparse.ArgumentParser) -> None:
+    from .cli_study_formats import add_formats
+
     sub = p.add_subparsers(dest="study", required=True, metavar="STUDY")
+    add_formats(sub)
     q = sub.add_parser("ptq", help="post-training quantization grid on one model",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     q.add_argument("--model", default="smollm2-135m",
@@ -30,10 +33,14 @@ def add_study(p: argparse.ArgumentParser) -> None:
     q.add_argument("--activations", nargs="+", default=["none"])
     q.add_argument("--kv-cache", nargs="+", default=["none"])
     q.add_argument("--methods", nargs="+", default=["rtn"],
-                   help="rtn gptq mrgptq smoothquant awq quarot")
-    q.add_argument("--seq-len", type=int, default=256)
-    q.add_argument("--eval-tokens", type=int, default=4096)
-    q.add_argument("--calib-segments", type=int, default=16)
+                   help="rtn gptq mrgptq smoothquant awq quarot spinquant flatquant")
+    # defaults None: study.SEQ_LEN / EVAL_TOKENS / CALIB_SEGMENTS (not imported here: torch)
+    q.add_argument("--seq-len", type=int, help="segment length in tokens (default 256)")
+    q.add_argument("--eval-tokens", type=int,
+                   help="evaluation tokens, whole segments of --seq-len (default 2048)")
+    q.add_argument("--calib-segments", type=int,
+                   help="calibration segments of --seq-len tokens for GPTQ, AWQ, SmoothQuant "
+                   "(default 8)")
     q.add_argument("--batch-size", type=int, default=4)
     q.add_argument("-M", "--method-option", action="append", default=[], metavar="KEY=VALUE",
                    help="method option (damp, act_order, scales, alpha, rotation_size, ...)")
@@ -44,7 +51,12 @@ def add_study(p: argparse.ArgumentParser) -> None:
 
 
 def run_study_cmd(args: argparse.Namespace) -> int:
+    from . import study
     from .study import build_grid, default_grid, run_study, write_outputs
+
+    args.seq_len = args.seq_len or study.SEQ_LEN
+    args.eval_tokens = args.eval_tokens or study.EVAL_TOKENS
+    args.calib_segments = args.calib_segments or study.CALIB_SEGMENTS
 
     opts = {}
     for item in args.method_option:
@@ -63,7 +75,8 @@ def run_study_cmd(args: argparse.Namespace) -> int:
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
         for k, v in vars(args).items() if k not in ("run", "command", "study", "quiet",
                                                     "method_option", "default_grid")
-    ) + (" --default-grid" if args.default_grid else "")
+    ) + (" --default-grid" if args.default_grid else "") + "".join(
+        f" -M {o}" for o in args.method_option)
 
     def on_row(result):
         result["command"] = command
