@@ -9,7 +9,9 @@ per subcommand, registered in ``COMMANDS``; add a subcommand by adding a pair th
                   [--scale-rule R] [--rounding R] [--preset P] [-O KEY=VALUE ...]
     lowbit moe convert|finetune|eval ...  (dense -> MoE restructuring, ``cli_moe``)
     lowbit study ptq ...           (PTQ grid on a language model, ``cli_study``)
+    lowbit study formats ...       (equal-bits format comparison, ``cli_study_formats``)
     lowbit tts calibrate|pool|plan|run ...  (latency-aware test-time scaling, ``cli_tts``)
+    lowbit export ...              (compressed-tensors checkpoint, ``cli_export``)
 
 Imports of the library happen inside the commands, so ``lowbit --help`` stays fast and no
 command pulls in torch or transformers unless it needs them.
@@ -22,7 +24,7 @@ import json
 import sys
 from collections.abc import Callable
 
-from . import cli_moe, cli_study, cli_tts
+from . import cli_export, cli_moe, cli_study, cli_tts
 
 EXIT_OK, EXIT_MISMATCH, EXIT_ERROR = 0, 1, 2
 
@@ -199,6 +201,7 @@ COMMANDS: dict[str, Command] = {
     "moe": (cli_moe.add_moe, cli_moe.run_moe, cli_moe.HELP),
     "study": (cli_study.add_study, cli_study.run_study_cmd, cli_study.HELP),
     "tts": (cli_tts.add_tts, cli_tts.run_tts, cli_tts.HELP),
+    "export": (cli_export.add_export, cli_export.run_export, cli_export.HELP),
 }
 
 if __name__ == "__main__":
