@@ -1,91 +1,90 @@
-"""Cost of exporting training-free CMoE SmolLM2-135M to the standard Qwen2-MoE layout.
+"""Router choices of the Qwen2-MoE export of training-free CMoE SmolLM2-135M.
 
-    python bench/moe_export_smollm2.py [--config S3A3E8] [--samples 8] [--seq-len 1024]
-        [--windows 16] [--out bench/results/moe_export_smollm2]
+    nice -n 10 python bench/moe_export_smollm2.py [--config S3A3E8] [--calib 8x1024]
+        [--export-calib 4x512] [--eval-tokens 8192] [--eval-seq-len 512] [--threads 2]
+        [--out bench/results/moe_export_smollm2]
 
-Restructures with ``--samples`` calibration windows (Wikipedia train, seed 0), exports with the
-fitted linear router (fit on the same calibration windows) and with the representative-row
-router, and evaluates dense, CMoE and both exports on the first ``--windows`` test windows:
-perplexity, KL to dense and KL to CMoE, and the fraction of calibration tokens whose top-k set
-equals CMoE's. Writes OUT.json and OUT.md.
+Restructures with ``--calib`` windows of the Wikipedia train split (seed 0), exports to
+``Qwen2MoeForCausalLM`` with the least-squares linear router fitted on ``--export-calib`` train
+windows (seed 2) and with the representative-row router, and evaluates both as the PTQ study
+does (``integrations.study.segments`` of the test split, ``integrations.evaluate``): perplexity,
+KL / top-1 to the dense model and to the exact CMoE model, and the fraction of router-fit tokens
+whose top-k set equals CMoE's. ``bench/moe_smollm2.py`` records the fitted export of each
+configuration next to its CMoE rows; this script compares the two routers. Writes OUT.json/.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
-import math
 import pathlib
+import platform
+import sys
 
 import torch
-import torch.nn.functional as F
-from transformers import AutoModelForCausalLM
 
+from lowbit.integrations.data import SMOLLM2, load_model
+from lowbit.integrations.evaluate import evaluate, reference_logprobs
+from lowbit.integrations.study import segments
 from lowbit.moe.convert import restructure
-from lowbit.moe.data import (
-    SMOLLM2,
-    consecutive_windows,
-    load_tokenizer,
-    random_windows,
-    resolve_model,
-    wiki_tokens,
-)
+from lowbit.moe.data import random_windows, wiki_tokens
 from lowbit.moe.export import export_qwen2_moe
+
+
+def _shape(text: str) -> tuple[int, int]:
+    n, length = (int(v) for v in text.lower().split("x"))
+    return n, length
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="S3A3E8")
-    ap.add_argument("--samples", type=int, default=8)
-    ap.add_argument("--seq-len", type=int, default=1024)
-    ap.add_argument("--windows", type=int, default=16)
+    ap.add_argument("--calib", default="8x1024")
+    ap.add_argument("--export-calib", default="4x512")
+    ap.add_argument("--eval-tokens", type=int, default=8192)
+    ap.add_argument("--eval-seq-len", type=int, default=512)
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="bench/results/moe_export_smollm2")
     args = ap.parse_args()
-    path = resolve_model(SMOLLM2)
-    tok = load_tokenizer(SMOLLM2)
-    calib = random_windows(wiki_tokens(tok, "train"), args.samples, args.seq_len, seed=0)
-    windows = consecutive_windows(wiki_tokens(tok, "test"), args.seq_len, args.windows)
-    dense = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    cmoe = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    restructure(cmoe, args.config, calib, progress=True)
-    models = {"dense": dense, "cmoe": cmoe}
-    reports = {}
+    torch.set_num_threads(args.threads)
+    dense, tok = load_model(SMOLLM2)
+    train = wiki_tokens(tok, "train")
+    ev = segments(tok, "test", args.eval_seq_len, args.eval_tokens // args.eval_seq_len)
+    ref_dense = reference_logprobs(dense, ev)
+    del dense
+    cmoe, _ = load_model(SMOLLM2)
+    restructure(cmoe, args.config, random_windows(train, *_shape(args.calib), seed=0),
+                progress=True)
+    ref_cmoe = reference_logprobs(cmoe, ev)
+    rows = [{"model": "cmoe", **evaluate(cmoe, ev, ref_dense)}]
+    fit_calib = random_windows(train, *_shape(args.export_calib), seed=2)
     for router in ("fit", "representative"):
-        models[f"qwen2moe_{router}"], rep = export_qwen2_moe(cmoe, calib, router=router)
-        reports[router] = rep.to_dict()
-    sums = {n: [0.0, 0.0, 0.0] for n in models}  # nll, KL to dense, KL to CMoE
-    count = 0
-    with torch.no_grad():
-        for ids in windows.split(1):
-            target = ids[:, 1:]
-            logp = {n: m(ids).logits[:, :-1].float().log_softmax(-1) for n, m in models.items()}
-            count += target.numel()
-            for n, lp in logp.items():
-                sums[n][0] += float(-lp.gather(-1, target[..., None]).sum())
-                sums[n][1] += float(F.kl_div(lp, logp["dense"], log_target=True,
-                                             reduction="sum"))
-                sums[n][2] += float(F.kl_div(lp, logp["cmoe"], log_target=True,
-                                             reduction="sum"))
-    rows = []
-    for n, s in sums.items():
-        r = reports.get(n.removeprefix("qwen2moe_"), {})
-        agree = r.get("topk_agreement")
-        rows.append({"model": n, "ppl": math.exp(s[0] / count), "kl_dense": s[1] / count,
-                     "kl_cmoe": s[2] / count,
-                     "topk_agreement_mean": None if not agree else sum(agree) / len(agree)})
-    meta = {"config": args.config, "calibration": f"{args.samples} x {args.seq_len} wiki train",
-            "evaluation": f"{windows.shape[0]} x {args.seq_len} wiki test ({count} predicted)"}
+        model, rep = export_qwen2_moe(cmoe, fit_calib, router=router)
+        agree = [a for a in rep.topk_agreement if a is not None]
+        to_cmoe = evaluate(model, ev, ref_cmoe)
+        rows.append({"model": f"qwen2moe_{router}", **evaluate(model, ev, ref_dense),
+                     "kl_cmoe": to_cmoe["kl"], "top1_cmoe": to_cmoe["top1"],
+                     "topk_agreement": sum(agree) / len(agree)})
+        print(rows[-1], flush=True)
+    meta = {"config": args.config, "command": " ".join(["python", *sys.argv]),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": platform.machine(), "torch": torch.__version__, "threads": args.threads,
+            "calibration": f"{args.calib} train", "router_fit": f"{args.export_calib} train",
+            "evaluation": f"{ev.numel()} tokens ({ev.shape[0]} x {ev.shape[1]}) wiki test"}
     out = pathlib.Path(args.out)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows,
-                                                    "reports": reports}, indent=1))
-    lines = [f"SmolLM2-135M {args.config} (training-free) exported to Qwen2MoeForCausalLM. "
-             f"Calibration {meta['calibration']}; evaluation {meta['evaluation']}.", "",
-             "| model | ppl | KL to dense | KL to CMoE | top-k set agreement (calibration) |",
-             "|---|---|---|---|---|"]
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    lines = [f"SmolLM2-135M {args.config} (training-free) exported to Qwen2MoeForCausalLM, "
+             f"{meta['date']}. Calibration {meta['calibration']}; router fit "
+             f"{meta['router_fit']}; evaluation {meta['evaluation']}.", "",
+             f"Command: `{meta['command']}`", "",
+             "| model | ppl | KL to dense | top-1 vs dense | KL to CMoE | top-1 vs CMoE | "
+             "top-k sets = CMoE's |", "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        agree = "-" if r["topk_agreement_mean"] is None else f"{r['topk_agreement_mean']:.3f}"
-        lines.append(f"| {r['model']} | {r['ppl']:.3f} | {r['kl_dense']:.4f} | "
-                     f"{r['kl_cmoe']:.4f} | {agree} |")
+        extra = ("- | - | -" if "kl_cmoe" not in r else
+                 f"{r['kl_cmoe']:.4f} | {r['top1_cmoe']:.3f} | {r['topk_agreement']:.3f}")
+        lines.append(f"| {r['model']} | {r['ppl']:.3f} | {r['kl']:.4f} | {r['top1']:.3f} | "
+                     f"{extra} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -10,5 +10,8 @@ Modules, by concern (import them directly; nothing heavy is imported here):
 * ``convert``: layer-by-layer ``restructure`` of a transformers model, ``load_restructured``;
 * ``finetune``: LoRA fine-tuning with the balancing update, resumable; ``merge_lora``;
 * ``export``: ``export_qwen2_moe`` to the standard Qwen2-MoE layout (linear router);
-* ``eval``: perplexity, KL to dense, active MACs; ``data``: offline models and Wikipedia text.
+* ``recursive``: hierarchical CMoE inside the experts of Qwen2-MoE / Qwen3-MoE / Mixtral /
+  DeepSeek-V3 models;
+* ``eval``: perplexity, KL to dense (float32), active MACs; ``data``: windows of the Wikipedia
+  text and models of ``lowbit.integrations.data`` (the PTQ study's split).
 """

@@ -1,5 +1,9 @@
 """Quality and cost of a restructured model: perplexity, KL to the dense model, active FLOPs.
 
+``evaluate`` keeps both models' log-probabilities in float32, so exactness checks can ask for KL
+~ 0; the recorded tables use ``lowbit.integrations.evaluate`` (the PTQ study's evaluation, whose
+float16 reference limits KL resolution to about 1e-5).
+
 Perplexity: exp of the mean next-token NLL over every predicted position of non-overlapping
 windows (GPTQ / CMoE convention). KL: mean over the same positions of KL(dense || restructured)
 of the next-token distributions (float32 log-softmax). FLOPs: 2 x the multiply-accumulates per

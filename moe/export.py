@@ -13,6 +13,8 @@ Mapping of a CMoE block (S*m shared neurons, N_r routed experts of m, top-k):
   FFN inputs; ``"representative"`` = the normalised representative gate rows G.
 Learned gate scales u != 0 cannot be expressed and are dropped (``ExportReport.dropped_scale``).
 Unrestructured layers stay dense (``mlp_only_layers``); attention, norms and embeddings are copied.
+No Mixtral export: Mixtral has no shared-expert slot and its router no bias, so the always-on
+shared neurons could only be approximated (as experts a linear router happens to pick).
 """
 
 from __future__ import annotations

@@ -7,9 +7,12 @@ gate/up/down projection, shared and routed; the routers' G/U are not adapted, th
 train with their own learning rate (in the released code they probably never train, see moe.md).
 In training mode every CMoE router also moves its balancing bias (``router.CMoERouter``).
 Loss: plain causal-LM loss on every token; Adam betas (0.9, 0.95), eps 1e-8, no weight decay.
-No LoRA dropout (a weight parametrization has no per-input dropout). Resumable: the LoRA factors,
-gate scales, biases, optimizer state and step go to ``checkpoint`` every ``save_every`` steps;
-a later call with the same arguments continues from there. ``merge_lora`` folds the factors in.
+No LoRA dropout (a weight parametrization has no per-input dropout). Each step's forward runs
+under ``parametrize.cached()``: the eager expert loop slices the fused weights once per expert,
+which would otherwise rebuild (and keep for backward) every ``W + BA`` N_r times per layer.
+Resumable: the LoRA factors, gate scales, biases, optimizer state and step go to ``checkpoint``
+every ``save_every`` steps; a later call with the same arguments continues from there.
+``merge_lora`` folds the factors in.
 """
 
 from __future__ import annotations
@@ -124,7 +127,8 @@ def finetune(model: nn.Module, sequences: torch.Tensor, config: FinetuneConfig =
     bar = tqdm(total=len(batches), initial=step, desc="LoRA", disable=not progress)
     for ids in batches[step:]:
         ids = ids.to(device)
-        loss = model(input_ids=ids, labels=ids).loss
+        with parametrize.cached():  # W + BA once per step, not once per expert slice
+            loss = model(input_ids=ids, labels=ids).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -3,12 +3,14 @@ routed sub-experts with its own analytic sub-router (paper section 4.4, moe.md 1
 
 Supported: transformers 5 MoE blocks whose ``mlp.gate(x)`` returns ``(logits, weights, indices)``
 and whose ``mlp.experts(x, indices, weights)`` holds fused ``gate_up_proj`` (E, 2I, H) /
-``down_proj`` (E, H, I) weights: Qwen2-MoE, Qwen3-MoE, Mixtral. The original router still picks
-the experts with its own weights; expert e then runs as a ``CMoEBlock`` (sub-configuration
+``down_proj`` (E, H, I) weights: Qwen2-MoE, Qwen3-MoE, Mixtral and DeepSeek-V3 (whose
+``first_k_dense_replace`` dense layers are left alone). The original router still picks the
+experts with its own weights (softmax or DeepSeek-V3's sigmoid, group-limited top-k and
+``routed_scaling_factor`` included); expert e then runs as a ``CMoEBlock`` (sub-configuration
 ``SxAyEz`` over its I neurons) on the tokens routed to it. Each expert is profiled on the
 calibration tokens its router sends it (layer by layer, as ``convert.restructure``). Shared
-experts of the block (Qwen2-MoE) stay as they are. With every sub-expert active the model equals
-the original MoE to float32 rounding. ``config.cmoe_recursive`` records what was done;
+experts of the block (Qwen2-MoE, DeepSeek-V3) stay as they are. With every sub-expert active the
+model equals the original MoE to float32 rounding. ``config.cmoe_recursive`` records what was done;
 ``load_recursive`` rebuilds and loads a saved model.
 """
 
