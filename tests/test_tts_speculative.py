@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from lowbit.tts.models import tiny_llama  # noqa: E402
+from lowbit.tts.drafts import tiny_llama  # noqa: E402
 from lowbit.tts.speculative import (  # noqa: E402
     Drafts,
     ModelDrafter,
@@ -79,14 +79,29 @@ def test_batched_speculative_greedy_equals_greedy(target, reference, gamma):
         assert all(s == "length" for s in res.stop)
         if gamma:
             assert res.forwards < N_NEW
-            assert any(a < p for p, a in res.steps)  # rejected slots were masked
+            assert any(a < p for _, p, a in res.steps)  # rejected slots were masked
 
 
 def test_oracle_drafts_are_mostly_accepted(target, reference):
     res = generate(target, PROMPTS, max_new_tokens=N_NEW, gamma=4,
                    drafter=OracleDrafter(PROMPTS, reference, 0.0))
     assert res.tokens == reference
-    assert all(a == p for p, a in res.steps)
+    assert all(a == p for _, p, a in res.steps)
+
+
+def test_steps_and_timeline_describe_every_forward(target, reference):
+    res = generate(target, PROMPTS, max_new_tokens=N_NEW, gamma=3,
+                   drafter=OracleDrafter(PROMPTS, reference, 0.3, seed=4))
+    assert res.tokens == reference
+    tl = res.timeline
+    assert len(tl) == res.forwards and tl[0].context == 0 and tl[0].rows == len(PROMPTS)
+    assert tl[0].width == max(len(p) for p in PROMPTS)
+    for prev, cur in zip(tl[1:], tl[2:], strict=False):  # holes stay: context grows by width
+        assert cur.context == prev.context + prev.width and cur.rows <= prev.rows
+    assert all(t.draft_s >= 0 and t.target_s > 0 for t in tl)
+    assert sum(t.rows for t in tl[1:]) == len(res.steps)
+    assert all(0 <= a <= p <= r <= 3 for r, p, a in res.steps)
+    assert any(p < r for r, p, _ in res.steps)  # ragged proposals are logged as such
 
 
 def test_draft_model_and_self_draft_are_lossless(target, reference):
@@ -164,7 +179,7 @@ def test_speculative_sampling_preserves_distribution(kind):
                "lookup": PromptLookupDrafter()}[kind]
     res = generate(target, [prompt] * rows, max_new_tokens=n, gamma=2, drafter=drafter,
                    temperature=1.0, seed=11)
-    assert any(a < p for p, a in res.steps) and any(a > 0 for _, a in res.steps)
+    assert any(a < p for _, p, a in res.steps) and any(a > 0 for *_, a in res.steps)
     p = _exact_joint(target, prompt, n, vocab)
     codes = [int(np.ravel_multi_index(t, (vocab,) * n)) for t in res.tokens]
     obs = np.bincount(codes, minlength=vocab ** n).astype(float)
@@ -184,7 +199,7 @@ def test_smollm2_batched_speculative_equals_greedy():
     if os.environ.get("LOWBIT_SKIP_SMOLLM2"):
         pytest.skip("LOWBIT_SKIP_SMOLLM2 set")
     from lowbit.tts.executors import encode_chat
-    from lowbit.tts.models import load_model
+    from lowbit.tts.executors import load as load_model
 
     try:
         model, tok = load_model("smollm2")
@@ -204,10 +219,10 @@ def test_smollm2_batched_speculative_equals_greedy():
 @pytest.mark.parametrize("make", ["mxfp4", pytest.param("nvfp4", marks=pytest.mark.slow),
                                   pytest.param("layers", marks=pytest.mark.slow)])
 def test_cheap_copies_of_the_target_draft_losslessly(target, reference, make):
-    from lowbit.tts.models import quantized_copy, truncated_copy
+    from lowbit.tts.drafts import quantized_copy, truncated_copy
 
     draft = truncated_copy(target, 1) if make == "layers" else quantized_copy(target, make)
     res = generate(target, PROMPTS, max_new_tokens=N_NEW, gamma=3, drafter=ModelDrafter(draft))
     assert res.tokens == reference
     if make != "layers":  # a quantized copy agrees with the target on most tokens
-        assert sum(a for _, a in res.steps) > 0.5 * sum(p for p, _ in res.steps)
+        assert sum(a for *_, a in res.steps) > 0.5 * sum(p for _, p, _ in res.steps)

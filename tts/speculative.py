@@ -117,21 +117,36 @@ def left_pad(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, tor
     return ids, mask
 
 
+@dataclass(frozen=True)
+class StepTime:
+    """One target forward of ``generate``: ``rows`` x ``width`` new tokens over ``context`` cache
+    slots per row (holes and padding included); ``draft_s`` drafting before it, ``target_s`` the
+    rest of the iteration (forward, verification, bookkeeping). The prefill has context 0."""
+
+    rows: int
+    width: int
+    context: int
+    draft_s: float
+    target_s: float
+
+
 @dataclass
 class Generation:
     """Result of ``generate``: per row the generated ``tokens`` (EOS included when produced),
     ``logprob`` (sum of the target's log-probabilities of those tokens at temperature 1),
     ``finish_s`` (seconds from the start) and ``stop`` reason (``"eos"``, ``"length"``,
-    ``"deadline"``, ``"vote"``); ``steps`` = ``(proposed, accepted)`` per row and verify step;
-    ``forwards`` = target forwards (prefill included); ``seconds`` = wall clock."""
+    ``"deadline"``, ``"vote"``); ``steps`` = ``(requested, proposed, accepted)`` draft tokens per
+    row and verify step; ``forwards`` = target forwards (prefill included); ``seconds`` = wall
+    clock; ``timeline`` = one ``StepTime`` per target forward."""
 
     tokens: list[list[int]]
     logprob: list[float]
     finish_s: list[float]
     stop: list[str]
-    steps: list[tuple[int, int]]
+    steps: list[tuple[int, int, int]]
     forwards: int
     seconds: float
+    timeline: list[StepTime] = field(default_factory=list)
 
 
 def _probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -142,17 +157,20 @@ def _probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, gamma: int = 0,
              drafter=None, temperature: float = 0.0, eos_token_id: int | None = None,
              pad_token_id: int = 0, seed: int = 0, deadline_s: float | None = None,
-             answer_of: Callable[[list[int]], str | None] | None = None) -> Generation:
+             answer_of: Callable[[list[int]], str | None] | None = None,
+             clock: Callable[[], float] = time.perf_counter) -> Generation:
     """Decode every prompt (one row each; repeat a prompt B times for B branches) with up to
     ``gamma`` drafted tokens per row and iteration (``gamma=0`` or no drafter: plain decoding).
 
     Stops a row at ``eos_token_id`` or ``max_new_tokens``; all rows at ``deadline_s`` seconds;
     with ``answer_of`` (tokens -> answer), all rows once the majority-vote early-stop rule holds
-    among finished rows. Greedy at ``temperature=0``, else sampling with ``seed``.
+    among finished rows. Greedy at ``temperature=0``, else sampling with ``seed``. ``clock``
+    times everything (wall clock by default; ``time.process_time`` gives the CPU time of the
+    process, which on a shared host excludes the time other processes held the cores).
     """
     from transformers import DynamicCache
 
-    t_start = time.perf_counter()
+    t_start = clock()
     gen = torch.Generator().manual_seed(seed)
     rows = len(prompts)
     ids, mask = left_pad(prompts, pad_token_id)
@@ -160,6 +178,7 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, ga
     cache = DynamicCache()
     logits = forward(model, ids, mask, pos, cache)[:, -1]
     forwards = 1
+    timeline = [StepTime(rows, ids.shape[1], 0, 0.0, clock() - t_start)]
     p = _probs(logits, temperature)
     first = p.argmax(-1) if temperature <= 0 else torch.multinomial(p, 1, generator=gen)[:, 0]
     out = [[int(t)] for t in first]
@@ -167,7 +186,7 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, ga
     logprob = [float(lp[r, first[r]]) for r in range(rows)]
     finish = [float("inf")] * rows
     stop = [""] * rows
-    steps: list[tuple[int, int]] = []
+    steps: list[tuple[int, int, int]] = []
     next_pos = mask.sum(-1)
     active = list(range(rows))
 
@@ -179,7 +198,7 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, ga
         return bool(stop[r])
 
     while True:
-        now = time.perf_counter() - t_start
+        now = clock() - t_start
         keep = []
         for i, r in enumerate(active):
             if finished(r):
@@ -204,6 +223,7 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, ga
             mask, next_pos = mask[idx], next_pos[idx]
             active = [active[i] for i in keep]
 
+        t_iter = clock()
         room = [max_new_tokens - len(out[r]) - 1 for r in active]
         gammas = [min(gamma, x) for x in room]
         if drafter is not None and max(gammas) > 0:
@@ -211,6 +231,8 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, ga
                                      temperature, gen)
         else:
             drafts = Drafts([[] for _ in active])
+        t_draft = clock()
+        context = mask.shape[1]
         width = 1 + max(len(d) for d in drafts.tokens)
         inp = torch.full((len(active), width), pad_token_id, dtype=torch.long)
         new_mask = torch.zeros((len(active), width), dtype=torch.long)
@@ -228,7 +250,7 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, ga
             d = drafts.tokens[i]
             q = drafts.probs[i] if i < len(drafts.probs) else None
             acc, new = _verify(p_all[i], d, q, temperature, gen)
-            steps.append((len(d), acc))
+            steps.append((gammas[i], len(d), acc))
             emitted = d[:acc] + [new]
             for j, t in enumerate(emitted):
                 out[r].append(t)
@@ -237,7 +259,10 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, ga
                     break
             mask[i, mask.shape[1] - width + 1 + acc:] = 0
             next_pos[i] += 1 + acc
-    return Generation(out, logprob, finish, stop, steps, forwards, time.perf_counter() - t_start)
+        t_end = clock()
+        timeline.append(StepTime(len(active), width, context, t_draft - t_iter, t_end - t_draft))
+    return Generation(out, logprob, finish, stop, steps, forwards, clock() - t_start,
+                      timeline)
 
 
 def _verify(p: torch.Tensor, draft: list[int], q: torch.Tensor | None, temperature: float,
