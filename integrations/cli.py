@@ -25,6 +25,7 @@ import sys
 from collections.abc import Callable
 
 from . import cli_export, cli_moe, cli_study, cli_tts
+from .keyvalue import parse_key_values
 
 EXIT_OK, EXIT_MISMATCH, EXIT_ERROR = 0, 1, 2
 
@@ -70,14 +71,7 @@ def _add_quantize_options(p: argparse.ArgumentParser) -> None:
 def _quantize_options(args: argparse.Namespace) -> dict:
     opts = {"axis": args.axis, "scale_rule": args.scale_rule, "rounding": args.rounding,
             "preset": args.preset}
-    for item in args.option:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--option expects KEY=VALUE, got {item!r}")
-        try:
-            opts[key] = json.loads(text)
-        except json.JSONDecodeError:
-            opts[key] = text
+    opts.update(parse_key_values(args.option, "--option"))
     return {k: v for k, v in opts.items() if v is not None}
 
 

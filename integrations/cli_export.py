@@ -14,8 +14,9 @@ methods take ``--calib-segments`` windows of ``--seq-len`` tokens of the Wikiped
 from __future__ import annotations
 
 import argparse
-import json
 import os
+
+from .keyvalue import parse_key_values
 
 HELP = "export a quantized model as a compressed-tensors checkpoint (vLLM)"
 EXIT_OK = 0
@@ -36,19 +37,6 @@ def add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-len", type=int, default=256, help="tokens per window (256)")
     p.add_argument("-M", "--method-option", action="append", default=[], metavar="KEY=VALUE",
                    help="method option, VALUE read as JSON where it parses; repeatable")
-
-
-def _method_options(items: list[str]) -> dict:
-    opts = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--method-option expects KEY=VALUE, got {item!r}")
-        try:
-            opts[key] = json.loads(text)
-        except json.JSONDecodeError:
-            opts[key] = text
-    return opts
 
 
 def _load(args: argparse.Namespace):
@@ -78,8 +66,9 @@ def _load(args: argparse.Namespace):
     calib = None
     if method != "rtn":
         calib = segments(tok, "train", args.seq_len, args.calib_segments)
+    opts = parse_key_values(args.method_option, "--method-option")
     quantize_model(model, weights=args.weights, activations=args.activations, method=method,
-                   calibration=calib, method_options=_method_options(args.method_option))
+                   calibration=calib, method_options=opts)
     return model, tok
 
 

@@ -13,7 +13,8 @@ issue's default (W8A8 MXFP8/HiF8, W4A16 and W4A4 in MXFP4/NVFP4/HiF4/INT4, RTN a
 from __future__ import annotations
 
 import argparse
-import json
+
+from .keyvalue import parse_key_values
 
 HELP = "quantization studies on language models (lowbit study ptq ...)"
 
@@ -58,15 +59,7 @@ def run_study_cmd(args: argparse.Namespace) -> int:
     args.eval_tokens = args.eval_tokens or study.EVAL_TOKENS
     args.calib_segments = args.calib_segments or study.CALIB_SEGMENTS
 
-    opts = {}
-    for item in args.method_option:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise ValueError(f"--method-option expects KEY=VALUE, got {item!r}")
-        try:
-            opts[key] = json.loads(text)
-        except json.JSONDecodeError:
-            opts[key] = text
+    opts = parse_key_values(args.method_option, "--method-option")
     if args.default_grid:
         grid = default_grid()
     else:

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .keyvalue import parse_key_values
+
 SINGLE_THREAD_BELOW = 1 << 20
 NO_QUANT = (None, "", "none", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
 WEIGHT_ONLY_KEYS = ("prescale_search",)
@@ -101,16 +103,8 @@ def parse_spec(spec) -> QuantSpec | None:
         name, _, rest = spec.strip().partition(":")
         if name.lower() in NO_QUANT:
             return None
-        opts = {}
-        for item in filter(None, (s.strip() for s in rest.split(","))):
-            key, sep, text = item.partition("=")
-            if not sep:
-                raise ValueError(f"spec option {item!r} is not KEY=VALUE (in {spec!r})")
-            try:
-                opts[key] = json.loads(text)
-            except json.JSONDecodeError:
-                opts[key] = text
-        return QuantSpec(name, opts)
+        items = filter(None, (s.strip() for s in rest.split(",")))
+        return QuantSpec(name, parse_key_values(items, f"spec {spec!r}"))
     if spec is None:
         return None
     raise TypeError(f"cannot read a quantization spec from {spec!r}")

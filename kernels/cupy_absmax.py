@@ -159,15 +159,10 @@ def _source(spec, elem, saturate, rounding, in_kind) -> str:
     stoch = rounding == "stochastic"
     enc = cc.encoder_source("EL", elem, saturate, rounding)
     prologue, tab_arg = cc.table_prologue("EL", elem, saturate)
-    tfast = None if stoch else cc.table_fast_source("EL", elem, saturate, rounding)
-    rne = None if stoch else cc.nearest_source("EL", elem, saturate, rounding)
-    if tfast:
-        enc += tfast[0]
-        prologue += tfast[1]
-    elif rne:
-        enc += rne
-    fast = f"#define FASTENC {2 if tfast else 1 if rne else 0}\n"
-    return (cc.prelude(in_kind) + f"#define STOCH {int(stoch)}\n" + fast + enc
+    fast, fast_prologue, kind = cc.fast_encoder("EL", elem, saturate, rounding, not stoch)
+    prologue += fast_prologue
+    return (cc.prelude(in_kind) + f"#define STOCH {int(stoch)}\n#define FASTENC {kind}\n"
+            + enc + fast
             + f"#define TABLE_PROLOGUE {prologue.replace(chr(10), ' ')}\n"
             + f"#define EL_ARG {tab_arg}\n" + SCALES_SRC)
 

@@ -518,6 +518,18 @@ def table_fast_source(name: str, spec: ElementFormat, saturate: bool,
     return src, prologue
 
 
+def fast_encoder(name: str, spec: ElementFormat, saturate: bool, rounding: str,
+                 enabled: bool = True) -> tuple[str, str, int]:
+    """(source, kernel-body prologue, FASTENC) of the fastest float32-bits encoder for ``spec``:
+    2 the packed-table encoder ``<name>_tfast``, 1 the nearest encoder ``<name>_near``, 0 none
+    (the generic ``<name>_enc``; also when not ``enabled``, e.g. on 64-bit or stochastic paths)."""
+    tfast = table_fast_source(name, spec, saturate, rounding) if enabled else None
+    if tfast:
+        return tfast[0], tfast[1], 2
+    near = nearest_source(name, spec, saturate, rounding) if enabled else None
+    return (near, "", 1) if near else ("", "", 0)
+
+
 def table_prologue(name: str, spec: ElementFormat, saturate: bool) -> tuple[str, str]:
     """(kernel-body code that fills the shared table, extra argument text for ``<name>_enc``)."""
     if not uses_table(spec, saturate):

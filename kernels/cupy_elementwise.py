@@ -70,15 +70,10 @@ def encode_source(spec: ElementFormat, in_kind: int, n: int, rounding: str,
         USE64=int(use64), STOCH=int(stoch), NEED_ROW=0))
     enc = cc.encoder_source("EL", spec, saturate, rounding)
     prologue, tab_arg = cc.table_prologue("EL", spec, saturate)
-    tfast = None if use64 else cc.table_fast_source("EL", spec, saturate, rounding)
-    rne = None if use64 else cc.nearest_source("EL", spec, saturate, rounding)
-    if tfast:
-        enc += tfast[0]
-        prologue += tfast[1]
-    elif rne:
-        enc += rne
-    defs += f"#define FASTENC {2 if tfast else 1 if rne else 0}\n"
-    return (cc.prelude(in_kind) + defs + cc.BLOCK_IO + enc
+    fast, fast_prologue, kind = cc.fast_encoder("EL", spec, saturate, rounding, not use64)
+    prologue += fast_prologue
+    defs += f"#define FASTENC {kind}\n"
+    return (cc.prelude(in_kind) + defs + cc.BLOCK_IO + enc + fast
             + f"#define TABLE_PROLOGUE {prologue.replace(chr(10), ' ')}\n"
             + f"#define EL_ARG {tab_arg}\n" + ENCODE_SRC)
 
