@@ -28,6 +28,11 @@ def tiny(arch: str = "llama", seed: int = 0):
     torch.manual_seed(seed)
     if arch == "llama":
         m = transformers.LlamaForCausalLM(transformers.LlamaConfig(**kw))
+    elif arch == "mistral":
+        m = transformers.MistralForCausalLM(transformers.MistralConfig(**kw))
+    elif arch == "gemma3":  # sliding-window and global layers, q/k norms, four norms per layer
+        m = transformers.Gemma3ForCausalLM(
+            transformers.Gemma3TextConfig(head_dim=16, sliding_window=8, **kw))
     else:
         m = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**kw))
     return m.eval()
@@ -75,7 +80,7 @@ def test_fake_quant_straight_through_gradient():
     torch.testing.assert_close(x.grad, torch.arange(64.0).expand(4, 64))
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "gemma3"])
 def test_no_quantization_is_exact(arch):
     m = tiny(arch)
     ref = logits(m)
@@ -83,7 +88,7 @@ def test_no_quantization_is_exact(arch):
     assert torch.equal(logits(m), ref)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "gemma3"])
 def test_identity_format_reproduces_model(arch):
     """Weights already on the MXFP4 grid: quantize_model(weights="mxfp4") changes nothing, bit
     for bit (RTN of an MXFP4 value is itself; the block exponent cannot change)."""
@@ -123,6 +128,8 @@ def test_quantlinear_packs_weights():
     ("llama", "hif4", "hif8", "hif4"),
     ("qwen2", "int4:group_size=32", "int8", "int8"),
     ("llama", "mxfp6_e3m2:scale_rule=rceil", None, None),
+    ("mistral", "mxfp4", "mxfp4", "mxfp8_e4m3"),
+    ("gemma3", "nvfp4", "mxfp8_e4m3", "mxfp8_e4m3"),
 ])
 def test_save_load_bit_identical(tmp_path, arch, w, a, kv):
     m = tiny(arch)
