@@ -212,13 +212,20 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(result: dict, out: str, plot: bool = True) -> list[str]:
+def write_json_markdown(result: dict, out: str, text: str) -> list[str]:
+    """``<out>.json`` (``result``) and ``<out>.md`` (``text``); returns the two paths."""
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     paths = [out + ".json", out + ".md"]
     with open(paths[0], "w") as fh:
         json.dump(result, fh, indent=1)
     with open(paths[1], "w") as fh:
-        fh.write(markdown(result))
+        fh.write(text)
+    return paths
+
+
+def write_outputs(result: dict, out: str, plot: bool = True) -> list[str]:
+    """``<out>.json``, ``<out>.md`` and (``plot``, matplotlib installed) ``<out>.png``."""
+    paths = write_json_markdown(result, out, markdown(result))
     if not plot:
         return paths
     try:

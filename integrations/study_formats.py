@@ -33,7 +33,6 @@ and loses about 12 dB); INT4 symmetric with a float32 scale per 32 elements, MXF
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import platform
 from dataclasses import replace
@@ -43,7 +42,7 @@ import torch
 
 from . import tensor_stats as ts
 from .fakequant import fake_quant_array, parse_spec
-from .study import BASELINE, Config, build_grid, load, run_study, segments
+from .study import BASELINE, Config, build_grid, load, run_study, segments, write_json_markdown
 
 FORMATS8 = ("int8", "mxfp8_e4m3:scale_rule=rceil", "hif8:granularity=channel,target=15")
 FORMATS4 = ("int4:group_size=32", "mxfp4", "nvfp4", "hif4")
@@ -441,12 +440,7 @@ def plot(result: dict, path: str) -> str | None:
 
 def write_report(result: dict, out: str, plot_png: bool = True) -> list[str]:
     """``<out>.json``, ``<out>.md`` and (``plot_png``) ``<out>.png``."""
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    paths = [out + ".json", out + ".md"]
-    with open(paths[0], "w") as fh:
-        json.dump(result, fh, indent=1)
-    with open(paths[1], "w") as fh:
-        fh.write(markdown(result))
+    paths = write_json_markdown(result, out, markdown(result))
     if plot_png and result["models"] and plot(result, out + ".png"):
         paths.append(out + ".png")
     return paths
