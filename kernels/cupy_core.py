@@ -1122,6 +1122,23 @@ def block_defines(in_kind: int, block: int, length: int, pack: int = 0, swizzle:
     return "".join(f"#define {k} {val}\n" for k, val in d.items()), v
 
 
+def alloc_codes_scales(rows: int, length: int, nb: int, block: int, pbits: int, swizzle: bool):
+    """Device outputs of a block quantizer: codes ``(rows, length)`` (or packed rows of
+    ``nb * block`` codes of ``pbits`` bits) and uint8 scales ``(rows, nb)`` (or the flat cuBLAS
+    128x4 swizzled layout, zero-filled padding)."""
+    import cupy as cp
+
+    if pbits:
+        codes = cp.empty((rows, packed_row_bytes(nb * block, pbits)), cp.uint8)
+    else:
+        codes = cp.empty((rows, length), cp.uint8)
+    if swizzle:
+        scales = cp.zeros(32 * -(-rows // 128) * 16 * -(-nb // 4), cp.uint8)
+    else:
+        scales = cp.empty((rows, nb), cp.uint8)
+    return codes, scales
+
+
 def pack_bits(pack: bool | int, elem_bits: int) -> int:
     if not pack:
         return 0

@@ -264,8 +264,6 @@ def quantize_dev(x, fmt: BlockFormat, opts: ref.MXOptions, axis: int = -1,
     ``pack``: codes as packed rows ``(rows, packed bytes)`` (``numerics.packing`` layout) and
     scales ``(rows, n_blocks)`` (or the flat swizzled layout with ``swizzle``).
     """
-    import cupy as cp
-
     arr, name = cc.as_cupy(x)
     in_kind = cc.dtype_kind(name)
     b = make_blocking(arr.shape, axis, fmt.block_size)
@@ -274,14 +272,7 @@ def quantize_dev(x, fmt: BlockFormat, opts: ref.MXOptions, axis: int = -1,
     pbits = cc.pack_bits(pack, fmt.element.bits)
     src = quant_source(fmt, opts, in_kind, length, alpha, pbits, swizzle)
     fn = cc.kernel(src, "mx_quant")
-    if pbits:
-        codes = cp.empty((rows, cc.packed_row_bytes(nb * fmt.block_size, pbits)), cp.uint8)
-    else:
-        codes = cp.empty((rows, length), cp.uint8)
-    if swizzle:
-        scales = cp.zeros(32 * -(-rows // 128) * 16 * -(-nb // 4), cp.uint8)
-    else:
-        scales = cp.empty((rows, nb), cp.uint8)
+    codes, scales = cc.alloc_codes_scales(rows, length, nb, fmt.block_size, pbits, swizzle)
     rb, nbits = cc.rbits_u32(rbits if opts.rounding == "stochastic" else None, arr.shape,
                              lambda r: cc.rows_of(r, b))
     total = rows * nb * (fmt.block_size // cc.lanes(in_kind, fmt.block_size, _wide(in_kind)))

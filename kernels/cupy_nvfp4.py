@@ -249,14 +249,7 @@ def quantize_dev(x, fmt: BlockFormat, opts: ref.NVFP4Options, axis: int = -1,
         gbits = cp.asarray(np.array([g]).view(np.uint32))
     pbits = cc.pack_bits(pack, fmt.element.bits)
     src = quant_source(fmt, opts, in_kind, length, pbits, swizzle)
-    if pbits:
-        codes = cp.empty((rows, cc.packed_row_bytes(nb * fmt.block_size, pbits)), cp.uint8)
-    else:
-        codes = cp.empty((rows, length), cp.uint8)
-    if swizzle:
-        scales = cp.zeros(32 * -(-rows // 128) * 16 * -(-nb // 4), cp.uint8)
-    else:
-        scales = cp.empty((rows, nb), cp.uint8)
+    codes, scales = cc.alloc_codes_scales(rows, length, nb, fmt.block_size, pbits, swizzle)
     rb, nbits = cc.rbits_u32(rbits if opts.rounding == "stochastic" else None, arr.shape,
                              lambda r: cc.rows_of(r, b))
     err = cp.zeros(1, dtype=cp.uint32)
