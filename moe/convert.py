@@ -189,9 +189,23 @@ def install_blocks(model: nn.Module, meta: dict) -> None:
         layers[i].mlp = block.to(device=w.device, dtype=w.dtype).gate_float32()
 
 
+def load_safetensors_state(model: nn.Module, path: pathlib.Path, cfg) -> None:
+    """Load every ``*.safetensors`` of ``path`` into ``model``; anything missing (but a tied
+    ``lm_head``) or unexpected is an error."""
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    for f in sorted(path.glob("*.safetensors")):
+        state.update(load_file(f))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if getattr(cfg, "tie_word_embeddings", False) else set()
+    if unexpected or set(missing) - tied:
+        raise ValueError(f"{path}: missing {sorted(set(missing) - tied)[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]}")
+
+
 def load_restructured(path: str | pathlib.Path, dtype: torch.dtype | None = None) -> nn.Module:
     """A model saved by ``save_pretrained`` after ``restructure`` (weights, router bias and all)."""
-    from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path = pathlib.Path(path)
@@ -201,14 +215,7 @@ def load_restructured(path: str | pathlib.Path, dtype: torch.dtype | None = None
         raise ValueError(f"{path} holds no restructured model (config.cmoe missing)")
     model = AutoModelForCausalLM.from_config(cfg, dtype=dtype or torch.float32)
     install_blocks(model, meta)
-    state: dict[str, torch.Tensor] = {}
-    for f in sorted(path.glob("*.safetensors")):
-        state.update(load_file(f))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {"lm_head.weight"} if getattr(cfg, "tie_word_embeddings", False) else set()
-    if unexpected or set(missing) - tied:
-        raise ValueError(f"{path}: missing {sorted(set(missing) - tied)[:5]}, "
-                         f"unexpected {sorted(unexpected)[:5]}")
+    load_safetensors_state(model, path, cfg)
     for block in model.modules():
         if isinstance(block, CMoEBlock):
             block.gate_float32()

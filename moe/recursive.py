@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .config import MoEConfig, parse_config
-from .convert import _capture, _ffn_inputs, decoder_layers
+from .convert import _capture, _ffn_inputs, decoder_layers, load_safetensors_state
 from .modules import CMoEBlock, SwiGLU
 from .partition import partition_neurons
 from .profile import K_ACT, profile_ffn
@@ -105,7 +105,6 @@ def save_recursive(model: nn.Module, path: str | pathlib.Path) -> None:
 
 def load_recursive(path: str | pathlib.Path) -> nn.Module:
     """A model saved by ``save_recursive`` after ``restructure_experts``."""
-    from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path = pathlib.Path(path)
@@ -118,12 +117,5 @@ def load_recursive(path: str | pathlib.Path) -> nn.Module:
         mlp = decoder_layers(model)[i].mlp
         n, hidden, width = mlp.experts.down_proj.shape
         mlp.experts = HierarchicalExperts(n, hidden, width, config, act)
-    state: dict[str, torch.Tensor] = {}
-    for f in sorted(path.glob("*.safetensors")):
-        state.update(load_file(f))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {"lm_head.weight"} if getattr(cfg, "tie_word_embeddings", False) else set()
-    if unexpected or set(missing) - tied:
-        raise ValueError(f"{path}: missing {sorted(set(missing) - tied)[:5]}, "
-                         f"unexpected {sorted(unexpected)[:5]}")
+    load_safetensors_state(model, path, cfg)
     return model.eval()
