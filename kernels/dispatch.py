@@ -1,10 +1,11 @@
 """Backend selection for ``quantize`` / ``dequantize`` / ``encode``.
 
-Backends: ``"reference"`` (``lowbit.numerics``, exact), ``"numba"`` (these CPU kernels,
-bit-identical to the reference) and ``"cupy"`` (GPU kernels, not part of this package yet).
-``backend=None`` picks the environment variable ``LOWBIT_BACKEND`` if set (e.g. "reference" to
-force the exact reference everywhere), else the fastest backend available for the input's array
-type: numba for NumPy arrays when Numba imports, else the reference.
+Backends: ``"reference"`` (``lowbit.numerics``, exact), ``"numba"`` (the CPU kernels,
+bit-identical to the reference) and ``"cupy"`` (the GPU kernels ``cupy_*.py``, entry points in
+``cupy_api``; results stay on the device). ``backend=None`` picks ``cupy`` for CuPy arrays and
+CUDA torch tensors; otherwise the environment variable ``LOWBIT_BACKEND`` if set (e.g.
+"reference" to force the exact reference everywhere), else numba when Numba imports, else the
+reference.
 
 The numba backend hands the reference the cases it does not cover, with identical results:
 inputs that are not float16/bfloat16/float32/float64 arrays (integers, lists, ...) and HiF4 on
@@ -28,18 +29,26 @@ def numba_available() -> bool:
     return importlib.util.find_spec("numba") is not None
 
 
+def _on_gpu(x) -> bool:
+    from .cupy_core import is_device_array
+
+    return x is not None and is_device_array(x)
+
+
 def resolve(backend: str | None, x=None) -> str:
     """The backend to use for array ``x``: ``backend`` checked, or the default for ``x``'s type."""
+    if backend == "cupy" or (backend is None and _on_gpu(x)):
+        from .cupy_core import cupy_available
+
+        if not cupy_available():
+            raise ImportError("backend='cupy' needs CuPy and a CUDA device")
+        return "cupy"
     if backend is None:
         backend = os.environ.get("LOWBIT_BACKEND") or None
     if backend is None:
-        if type(x).__module__.split(".")[0] == "cupy":
-            return "cupy"
         return "numba" if numba_available() else "reference"
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
-    if backend == "cupy":
-        raise NotImplementedError("the cupy backend is not available in this build")
     if backend == "numba" and not numba_available():
         raise ImportError("backend='numba' needs the numba package")
     return backend
@@ -59,7 +68,12 @@ def quantize(x, fmt, *, backend: str | None = None, axis: int = -1, scale_rule=N
 
     args = dict(axis=axis, scale_rule=scale_rule, rounding=rounding, prescale=prescale,
                 rbits=rbits, preset=preset)
-    if resolve(backend, x) == "reference" or not _kernel_ready(x):
+    chosen = resolve(backend, x)
+    if chosen == "cupy":
+        from . import cupy_api
+
+        return cupy_api.quantize(x, fmt, **args, **options)
+    if chosen == "reference" or not _kernel_ready(x):
         return api.quantize(x, fmt, backend="reference", **args, **options)
     from .core import Unsupported
 
@@ -96,7 +110,12 @@ def dequantize(q, *, dtype=np.float32, backend: str | None = None) -> np.ndarray
     from lowbit.numerics import api
     from lowbit.numerics.formats import block_format
 
-    if resolve(backend, q.codes) == "reference" or not isinstance(q.codes, np.ndarray):
+    chosen = resolve(backend, q.codes)
+    if chosen == "cupy":
+        from . import cupy_api
+
+        return cupy_api.dequantize(q, dtype=dtype)
+    if chosen == "reference" or not isinstance(q.codes, np.ndarray):
         return api.dequantize(q, dtype=dtype, backend="reference")
     scheme = block_format(q.fmt).scheme
     if scheme == "mx":
@@ -116,7 +135,12 @@ def encode(x, fmt, *, rounding=None, saturate=None, rbits=None, backend: str | N
     from lowbit.numerics.specs import element_format
 
     args = dict(rounding=rounding, saturate=saturate, rbits=rbits)
-    if resolve(backend, x) == "reference" or not _kernel_ready(x):
+    chosen = resolve(backend, x)
+    if chosen == "cupy":
+        from . import cupy_api
+
+        return cupy_api.encode(x, fmt, **args)
+    if chosen == "reference" or not _kernel_ready(x):
         return codec.encode(x, fmt, backend="reference", **args)
     from . import elementwise
     from .core import check_rbits
@@ -131,7 +155,12 @@ def pack(q, *, scale_layout: str = "linear", backend: str | None = None):
     """``numerics.packing.pack`` on the chosen backend (same result)."""
     from lowbit.numerics import packing
 
-    if resolve(backend, q.codes) == "reference" or not isinstance(q.codes, np.ndarray):
+    chosen = resolve(backend, q.codes)
+    if chosen == "cupy":
+        from . import cupy_api
+
+        return cupy_api.pack(q, scale_layout=scale_layout)
+    if chosen == "reference" or not isinstance(q.codes, np.ndarray):
         return packing.pack(q, scale_layout=scale_layout)
     from . import packing as kpacking
 
@@ -147,70 +176,3 @@ def unpack(p, *, backend: str | None = None):
     from . import packing as kpacking
 
     return kpacking.unpack(p)
-
-
-# -- the cupy backend (GPU kernels in ``cupy_*.py``; entry points in ``cupy_api``) ----------------
-# ``backend="cupy"``, or ``backend=None`` with a CuPy array / CUDA torch tensor, runs the GPU
-# kernels (results stay on the device); everything else goes to the functions above unchanged.
-
-_resolve_host = resolve
-_quantize_host = quantize
-_dequantize_host = dequantize
-_encode_host = encode
-_pack_host = pack
-
-
-def _on_gpu(x) -> bool:
-    from .cupy_core import is_device_array
-
-    return x is not None and is_device_array(x)
-
-
-def resolve(backend: str | None, x=None) -> str:  # noqa: F811
-    """The backend to use for array ``x``: ``backend`` checked, or the default for ``x``'s type
-    (cupy for CuPy arrays and CUDA torch tensors)."""
-    if backend == "cupy" or (backend is None and _on_gpu(x)):
-        from .cupy_core import cupy_available
-
-        if not cupy_available():
-            raise ImportError("backend='cupy' needs CuPy and a CUDA device")
-        return "cupy"
-    return _resolve_host(backend, x)
-
-
-def quantize(x, fmt, *, backend: str | None = None, **kwargs):  # noqa: F811
-    """``numerics.quantize`` on the chosen backend (same arguments and result)."""
-    if resolve(backend, x) == "cupy":
-        from . import cupy_api
-
-        return cupy_api.quantize(x, fmt, **kwargs)
-    return _quantize_host(x, fmt, backend=backend, **kwargs)
-
-
-def dequantize(q, *, dtype=np.float32, backend: str | None = None):  # noqa: F811
-    """``numerics.dequantize`` on the chosen backend (same result)."""
-    if resolve(backend, q.codes) == "cupy":
-        from . import cupy_api
-
-        return cupy_api.dequantize(q, dtype=dtype)
-    return _dequantize_host(q, dtype=dtype, backend=backend)
-
-
-def encode(x, fmt, *, rounding=None, saturate=None, rbits=None,  # noqa: F811
-           backend: str | None = None):
-    """``numerics.encode`` (element cast) on the chosen backend (same arguments and result)."""
-    if resolve(backend, x) == "cupy":
-        from . import cupy_api
-
-        return cupy_api.encode(x, fmt, rounding=rounding, saturate=saturate, rbits=rbits)
-    return _encode_host(x, fmt, rounding=rounding, saturate=saturate, rbits=rbits,
-                        backend=backend)
-
-
-def pack(q, *, scale_layout: str = "linear", backend: str | None = None):  # noqa: F811
-    """``numerics.packing.pack`` on the chosen backend (same result)."""
-    if resolve(backend, q.codes) == "cupy":
-        from . import cupy_api
-
-        return cupy_api.pack(q, scale_layout=scale_layout)
-    return _pack_host(q, scale_layout=scale_layout, backend=backend)

@@ -1,6 +1,22 @@
-"""Element casts: ``encode`` (any element format, every rounding mode) and code-to-value lookup."""
+"""Element casts: ``encode`` (any element format, every rounding mode) and code-to-value lookup.
+
+Three encoders, picked per call: ``encode_fast32``/``encode_fast`` (IEEE-like formats with
+subnormals and integers, deterministic modes), the *split table* (every other format on
+float32/float16/bfloat16 input, deterministic modes: HiF8, E8M0, ...) and ``encode_one`` (the
+rest: stochastic rounding, float64 input).
+
+The split table holds two codes per upper half of a float32 bit pattern ``b``: the code of
+``b & 0xFFFF0000`` and the code of any ``b`` whose lower 16 bits are not all zero. This is exact
+when every rounding boundary of the format (representable values and midpoints) has zero lower
+16 bits, i.e. at most 6 kept mantissa bits in every binade: the float32 values sharing an upper
+half and a nonzero lower half then lie strictly between two neighbouring boundaries. The table
+is built by ``encode_one`` and checked at build time at both ends of every such interval (lower
+half 1 and 0xFFFF); a format or mode where they differ gets no table.
+"""
 
 from __future__ import annotations
+
+from functools import cache
 
 import numpy as np
 from numba import njit, prange
@@ -14,6 +30,7 @@ from .core import (
     encode_fast,
     encode_fast32,
     encode_one,
+    f32_bits_of,
     fast_params,
     kernel_input,
     load,
@@ -70,6 +87,47 @@ def _encode_flat_fast32(x, flags, fp, out) -> int:
     return bad
 
 
+@njit(parallel=True, cache=True)
+def _encode_flat_split(x, tab, out) -> int:
+    n = x.size
+    bad = 0
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        for i in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
+            b = f32_bits_of(x, i)
+            code = tab[(b >> 16) | (np.int64((b & 0xFFFF) != 0) << 16)]
+            bad += code < 0
+            out[i] = code
+    return bad
+
+
+@cache
+def split_table(spec: ElementFormat, rounding: str, saturate: bool) -> np.ndarray | None:
+    """int16[2 * 65536] split table of ``spec`` (-1: NaN into a format without NaN), or None
+    where it is not exact (see the module docstring); for deterministic ``rounding`` only."""
+    flags = mode_flags(rounding)
+    tab, prm = element_table(spec, saturate)
+    hi = np.arange(1 << 16, dtype=np.uint32) << 16
+
+    def codes(lower: int) -> np.ndarray:
+        x = (hi | np.uint32(lower)).view(np.float32)
+        out = np.empty(x.shape, dtype=np.int16)
+        _encode_split_probe(x, flags, tab, prm, out)
+        return out
+
+    low, nonzero = codes(0), codes(1)
+    if not np.array_equal(nonzero, codes(0xFFFF)):
+        return None
+    table = np.concatenate([low, nonzero])
+    table.setflags(write=False)
+    return table
+
+
+@njit(parallel=True, cache=True)
+def _encode_split_probe(x, flags, tab, prm, out) -> None:
+    for i in prange(x.size):
+        out[i] = encode_one(np.float64(x[i]), 0, flags, 0, 0, tab, prm)
+
+
 def flat_rbits(rbits, shape: tuple[int, ...]) -> tuple[np.ndarray, int]:
     """(flat C-ordered rbits of ``shape``, stride 1), or a dummy read with stride 0."""
     if rbits is None:
@@ -90,10 +148,15 @@ def encode(x: np.ndarray, spec: ElementFormat, rounding: str, saturate: bool, rb
     flat = arr.reshape(-1)
     out = np.empty(x.shape, dtype=np.uint8)
     fp = fast_params(spec, saturate)
+    table = None
+    if not (use_fast(fp, flags) or flags[3] or x.dtype == np.float64):
+        table = split_table(spec, rounding, saturate)
     if use_fast(fp, flags) and x.dtype != np.float64:
         bad = _encode_flat_fast32(flat, flags, fp, out.reshape(-1))
     elif use_fast(fp, flags):
         bad = _encode_flat_fast(flat, flags, fp, out.reshape(-1))
+    elif table is not None:
+        bad = _encode_flat_split(flat, table, out.reshape(-1))
     else:
         tab, prm = element_table(spec, saturate)
         rb, stride = flat_rbits(rbits, x.shape)
