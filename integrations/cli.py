@@ -33,7 +33,9 @@ EXIT_OK, EXIT_MISMATCH, EXIT_ERROR = 0, 1, 2
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), run the subcommand, return its exit code."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # the command line as given, recorded by the studies
     try:
         return args.run(args)
     except (ValueError, TypeError, OSError, NotImplementedError) as err:

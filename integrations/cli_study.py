@@ -1,18 +1,25 @@
 """``lowbit study ptq``: argument parsing and action (registered in ``cli.COMMANDS``).
 
-    lowbit study ptq [--model M] [--default-grid] [--weights W ...] [--activations A ...]
+    lowbit study ptq [--model M] [--grid default|mxfp] [--weights W ...] [--activations A ...]
                      [--kv-cache K ...] [--methods M ...] [--seq-len L] [--eval-tokens N]
-                     [--calib-segments N] [--out PREFIX] [-M KEY=VALUE ...] [--quiet]
+                     [--calib-segments N] [--out PREFIX] [--resume] [-M KEY=VALUE ...] [--quiet]
 
 Specs are format names with options (``mxfp4``, ``mxfp8_e4m3:scale_rule=rceil``,
 ``int4:group_size=32``, ``none``); ``same`` as an activation or KV spec means the weight format.
-The grid is every combination plus the unquantized baseline; ``--default-grid`` runs the
-issue's default (W8A8 MXFP8/HiF8, W4A16 and W4A4 in MXFP4/NVFP4/HiF4/INT4, RTN and GPTQ).
+The grid is every combination plus the unquantized baseline, or a named grid: ``--grid
+default`` (also ``--default-grid``: W8A8 MXFP8/HiF8, W4A16 and W4A4 in MXFP4/NVFP4/HiF4/INT4,
+RTN and GPTQ) or ``--grid mxfp`` (the MXFP PTQ benchmark: RTN, SmoothQuant, AWQ, GPTQ, MR-GPTQ,
+QuaRot, SpinQuant, FlatQuant x W8A8 MXFP8, W4A8, W4A4 MXFP4, W4A4 NVFP4, each MX setting without
+and with the 3/4 pre-scale; ``--methods`` restricts its methods). ``--resume`` keeps the rows
+already in ``<out>.json`` and runs only the missing configurations.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shlex
 
 from .keyvalue import parse_key_values
 
@@ -29,12 +36,16 @@ def add_study(p: argparse.ArgumentParser) -> None:
     q.add_argument("--model", default="smollm2-135m",
                    help="smollm2-135m (embedded, default), qwen2.5-coder-0.5b, a local HF "
                    "directory or hub id, tiny-llama / tiny-qwen2")
-    q.add_argument("--default-grid", action="store_true", help="the default study grid")
+    q.add_argument("--default-grid", action="store_true", help="the same as --grid default")
+    q.add_argument("--grid", choices=("default", "mxfp"), help="a named grid (see above)")
+    q.add_argument("--resume", action="store_true",
+                   help="keep the rows of an existing <out>.json, run the missing ones")
     q.add_argument("--weights", nargs="+", default=["mxfp4"])
     q.add_argument("--activations", nargs="+", default=["none"])
     q.add_argument("--kv-cache", nargs="+", default=["none"])
-    q.add_argument("--methods", nargs="+", default=["rtn"],
-                   help="rtn gptq mrgptq smoothquant awq quarot spinquant flatquant")
+    q.add_argument("--methods", nargs="+",
+                   help="rtn gptq mrgptq smoothquant awq quarot spinquant flatquant (default: "
+                   "rtn; with --grid mxfp: all eight)")
     # defaults None: study.SEQ_LEN / EVAL_TOKENS / CALIB_SEGMENTS (not imported here: torch)
     q.add_argument("--seq-len", type=int, help="segment length in tokens (default 256)")
     q.add_argument("--eval-tokens", type=int,
@@ -60,16 +71,18 @@ def run_study_cmd(args: argparse.Namespace) -> int:
     args.calib_segments = args.calib_segments or study.CALIB_SEGMENTS
 
     opts = parse_key_values(args.method_option, "--method-option")
-    if args.default_grid:
+    grid_name = "default" if args.default_grid else args.grid
+    if grid_name == "mxfp":
+        grid = study.mxfp_grid(args.methods or study.MXFP_METHODS)
+    elif grid_name == "default":
         grid = default_grid()
     else:
-        grid = build_grid(args.weights, args.activations, args.kv_cache, args.methods)
-    command = "lowbit study ptq " + " ".join(
-        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-        for k, v in vars(args).items() if k not in ("run", "command", "study", "quiet",
-                                                    "method_option", "default_grid")
-    ) + (" --default-grid" if args.default_grid else "") + "".join(
-        f" -M {o}" for o in args.method_option)
+        grid = build_grid(args.weights, args.activations, args.kv_cache, args.methods or ["rtn"])
+    done_rows = []
+    if args.resume and os.path.exists(args.out + ".json"):
+        with open(args.out + ".json") as fh:
+            done_rows = json.load(fh)["rows"]
+    command = "lowbit " + shlex.join(getattr(args, "argv", ["study", "ptq"]))
 
     def on_row(result):
         result["command"] = command
@@ -78,7 +91,7 @@ def run_study_cmd(args: argparse.Namespace) -> int:
     result = run_study(args.model, grid, seq_len=args.seq_len, eval_tokens=args.eval_tokens,
                        calib_segments=args.calib_segments, batch_size=args.batch_size,
                        method_options=opts, progress=not args.quiet, device=args.device,
-                       on_row=on_row)
+                       on_row=on_row, done_rows=done_rows)
     result["command"] = command
     for path in write_outputs(result, args.out):
         print(f"wrote {path}")

@@ -88,6 +88,47 @@ def default_grid(methods=("rtn", "gptq")) -> list[Config]:
     return grid
 
 
+MXFP_METHODS = ("rtn", "smoothquant", "awq", "gptq", "mrgptq", "quarot", "spinquant", "flatquant")
+MXFP_SETTINGS = (("W8A8", "mxfp8_e4m3", "mxfp8_e4m3"), ("W4A8", "mxfp4", "mxfp8_e4m3"),
+                 ("W4A4", "mxfp4", "mxfp4"), ("W4A4", "nvfp4", "nvfp4"))
+PRESCALE = 0.75
+PARADIGMS = {"rtn": "rounding", "smoothquant": "scaling", "awq": "scaling",
+             "gptq": "error compensation", "mrgptq": "error compensation",
+             "quarot": "rotation", "spinquant": "rotation", "flatquant": "affine transform"}
+
+
+def _with_prescale(spec: str, alpha: float | None) -> str:
+    return spec if alpha is None or not spec.startswith("mx") else f"{spec}:prescale={alpha:g}"
+
+
+def mxfp_grid(methods=MXFP_METHODS, prescales=(None, PRESCALE)) -> list[Config]:
+    """The MXFP PTQ benchmark's grid: ``methods`` x (W8A8 MXFP8, W4A8 = MXFP4 weights with
+    MXFP8 activations, W4A4 MXFP4, W4A4 NVFP4), each MX setting without and with the fixed 3/4
+    pre-scale on weights and activations (NVFP4 has no pre-scale: one row).
+
+    MR-GPTQ applies the 3/4 pre-scale by default (``model.quantize_model``); its "without" rows
+    pass ``prescale=1`` explicitly so that every method is measured both ways.
+    """
+    grid = [BASELINE]
+    for _, w, a in MXFP_SETTINGS:
+        for alpha in prescales if w.startswith("mx") else (None,):
+            for m in methods:
+                off = m == "mrgptq" and alpha is None
+                ws = _with_prescale(w, 1.0 if off else alpha)
+                acts = _with_prescale(a, 1.0 if off else alpha)
+                grid.append(Config(ws, acts, None, m))
+    return grid
+
+
+GRIDS = {"default": default_grid, "mxfp": mxfp_grid}
+
+
+def row_key(row: dict) -> tuple:
+    """Identity of a result row (its configuration), for resuming and merging."""
+    return (row["weights"], row["activations"], row["kv_cache"], row["method"],
+            json.dumps(row.get("options", {}), sort_keys=True))
+
+
 def build_grid(weights, activations=("none",), kv_caches=("none",), methods=("rtn",),
                baseline: bool = True) -> list[Config]:
     """Every combination; an activation or KV spec ``same`` means the weight format."""
@@ -141,7 +182,10 @@ def segments(tokenizer, split: str, seq_len: int, n_segments: int):
 def run_study(model: str, configs: list[Config], *, seq_len: int = SEQ_LEN,
               eval_tokens: int = EVAL_TOKENS, calib_segments: int = CALIB_SEGMENTS,
               batch_size: int = 4, method_options: dict | None = None,
-              progress: bool = True, log=print, device: str = "cpu", on_row=None) -> dict:
+              progress: bool = True, log=print, device: str = "cpu", on_row=None,
+              done_rows: list[dict] | None = None) -> dict:
+    """Run ``configs`` (see the module docstring); ``done_rows`` (rows of an earlier result of
+    the same model and settings) are kept and their configurations skipped (resume)."""
     from .evaluate import evaluate, reference_logprobs
     from .model import quantize_model
 
@@ -153,6 +197,7 @@ def run_study(model: str, configs: list[Config], *, seq_len: int = SEQ_LEN,
     calib_ids = segments(tok, "train", seq_len, calib_segments)
     reference = reference_logprobs(ref_model, eval_ids, batch_size)
     del ref_model
+    done = {row_key(r): r for r in (done_rows or [])}
     rows = []
     result = {
         "model": model, "seq_len": seq_len, "eval_tokens": int(eval_ids.numel()),
@@ -163,6 +208,11 @@ def run_study(model: str, configs: list[Config], *, seq_len: int = SEQ_LEN,
         "machine": platform.machine(), "total_s": 0.0, "rows": rows,
     }
     for cfg in configs:
+        key = row_key({**asdict(cfg), "options": dict(cfg.options)})
+        if key in done:
+            rows.append(done[key])
+            log(f"{cfg.label:48s} (kept from the earlier run)")
+            continue
         t1 = time.time()
         m, _ = load(model)
         m.to(device)
@@ -209,7 +259,31 @@ def markdown(result: dict) -> str:
             top1 = f"{100 * r['top1']:.2f} ± {100 * r['top1_se']:.2f} %"
         lines.append(f"| {r['label']} | {r['method']} | {r['ppl']:.3f} | {kl} | {top1} | "
                      f"{r['quantize_s']} | {r['eval_s']} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + method_table(result)) + "\n"
+
+
+def method_table(result: dict) -> list[str]:
+    """Markdown lines of a (weights, activations, KV) x method pivot of KL, best per setting in
+    bold with its paradigm; empty unless some setting has several methods."""
+    settings: dict[tuple, dict[str, float]] = {}
+    for r in result["rows"]:
+        if r["method"] != "none":
+            settings.setdefault((r["weights"], r["activations"], r["kv_cache"]), {})[
+                r["method"]] = r["kl"]
+    if not any(len(v) > 1 for v in settings.values()):
+        return []
+    methods = list(dict.fromkeys(m for v in settings.values() for m in v))
+    lines = ["", "KL (nats) per setting and method; the best of each setting in bold:", "",
+             "| weights | activations | " + " | ".join(methods) + " | best (paradigm) |",
+             "|---|---|" + "---:|" * len(methods) + "---|"]
+    for (w, a, kv), kls in settings.items():
+        best = min(kls, key=kls.get)
+        cells = [("**%.4f**" if m == best else "%.4f") % kls[m] if m in kls else "-"
+                 for m in methods]
+        a_kv = f"{a or 'none'}" + (f" KV {kv}" if kv else "")
+        lines.append(f"| {w or 'none'} | {a_kv} | " + " | ".join(cells)
+                     + f" | {best} ({PARADIGMS.get(best, 'other')}) |")
+    return lines
 
 
 def write_json_markdown(result: dict, out: str, text: str) -> list[str]:
@@ -257,8 +331,7 @@ def merge_results(results: list[dict]) -> dict:
     rows, seen = [], set()
     for res in results:
         for r in res["rows"]:
-            key = (r["weights"], r["activations"], r["kv_cache"], r["method"],
-                   json.dumps(r.get("options", {}), sort_keys=True))
+            key = row_key(r)
             if key in seen:
                 continue
             seen.add(key)

@@ -37,3 +37,47 @@ def test_study_cli_on_tiny_model(tmp_path, capsys):
     assert all(r["kl"] > 0 and 0 < r["top1"] <= 1 and r["ppl"] > 1 for r in rows[1:])
     md = (tmp_path / "study.md").read_text()
     assert "W4A4 mxfp4 GPTQ" in md and "| configuration |" in md
+
+
+def test_mxfp_grid_shape():
+    from lowbit.integrations.study import MXFP_METHODS, mxfp_grid
+
+    grid = mxfp_grid()
+    assert grid[0].method == "none"
+    assert len(grid) == 1 + len(MXFP_METHODS) * (3 * 2 + 1)  # 3 MX settings x +-prescale, nvfp4
+    assert len(set(grid)) == len(grid)
+    nv = [c for c in grid if c.weights == "nvfp4"]
+    assert len(nv) == len(MXFP_METHODS) and all(c.activations == "nvfp4" for c in nv)
+    w4a8 = [c for c in grid[1:] if c.weights.startswith("mxfp4") and c.activations.startswith("mxfp8")]
+    assert len(w4a8) == 2 * len(MXFP_METHODS)
+    on = [c for c in grid[1:] if "prescale=0.75" in c.weights]
+    assert all("prescale=0.75" in c.activations for c in on) and len(on) == 3 * len(MXFP_METHODS)
+    # MR-GPTQ's default 3/4 pre-scale is switched off explicitly in its "without" rows
+    mr_off = [c for c in grid[1:] if c.method == "mrgptq" and "0.75" not in c.weights]
+    assert len(mr_off) == 4 and all("prescale=1" in c.weights for c in mr_off if c.weights != "nvfp4")
+
+
+def test_mxfp_grid_cli_resumes(tmp_path, capsys):
+    out = str(tmp_path / "grid")
+    args = ["study", "ptq", "--model", "tiny-llama", "--grid", "mxfp", "--methods", "rtn",
+            "--seq-len", "32", "--eval-tokens", "64", "--calib-segments", "1", "--quiet",
+            "--out", out]
+    assert main(args) == 0
+    res = json.loads((tmp_path / "grid.json").read_text())
+    assert len(res["rows"]) == 8 and res["command"].startswith("lowbit study ptq --model")
+    md = (tmp_path / "grid.md").read_text()
+    assert "best (paradigm)" not in md  # one method per setting: no pivot
+    first = {r["label"]: r["kl"] for r in res["rows"]}
+    on = [r for r in res["rows"] if "prescale=0.75" in (r["weights"] or "")]
+    off = [r for r in res["rows"] if r["weights"] == "mxfp4" and r["activations"] == "mxfp4"]
+    assert len(on) == 3 and len(off) == 1
+    res["rows"] = res["rows"][:5]  # as if interrupted after five rows
+    (tmp_path / "grid.json").write_text(json.dumps(res))
+    capsys.readouterr()
+    assert main(args + ["--resume", "--methods", "rtn", "awq"]) == 0
+    log = capsys.readouterr().out
+    res2 = json.loads((tmp_path / "grid.json").read_text())
+    assert len(res2["rows"]) == 15 and log.count("kept from the earlier run") == 5
+    assert all(first[r["label"]] == r["kl"] for r in res2["rows"] if r["method"] == "rtn")
+    md = (tmp_path / "grid.md").read_text()
+    assert "best (paradigm)" in md and "| mxfp4:prescale=0.75 | mxfp8_e4m3:prescale=0.75 |" in md
