@@ -1,6 +1,11 @@
 """Element casts on the GPU: ``encode`` for every element format, rounding mode and overflow
 policy (one generated encoder per format; 16-byte loads, eight elements per thread), and the
 code-to-value lookup. HiF8 with ``granularity="none"`` is this cast.
+
+Formats without the closed-form nearest encoder (HiF8, E8M0, E6M2, UE4M3) read the split table
+of ``split_table`` (two int16 codes per float32 upper half, 256 KiB in global memory, read
+through the read-only cache: real data touches a few binades, so the lookups hit L1) on float32,
+bfloat16 and float16 input with deterministic rounding (``FASTENC 3``).
 """
 
 from __future__ import annotations
@@ -13,11 +18,13 @@ from lowbit.numerics.codec import _check_saturate
 from lowbit.numerics.specs import ElementFormat, element_format
 
 from . import cupy_core as cc
+from .split_table import split_table
 
 ENCODE_SRC = r"""
 extern "C" __global__ void ew_encode(const in_t *__restrict__ x, const u32 *__restrict__ rb,
                                      int nbits, unsigned char *__restrict__ codes,
-                                     u32 *__restrict__ err, i64 n) {
+                                     u32 *__restrict__ err, i64 n,
+                                     const short *__restrict__ split) {
     TABLE_PROLOGUE
     i64 total = (n + V - 1) / V;
     i64 tid = (i64)blockIdx.x * blockDim.x + threadIdx.x;
@@ -40,6 +47,8 @@ extern "C" __global__ void ew_encode(const in_t *__restrict__ x, const u32 *__re
         if (ALIGNED || p.col0 + j < n) r = rb[elem_index(p, n, j)];
 #endif
         c[j] = EL_enc<u64>(m, 0, r, nbits EL_ARG);
+#elif FASTENC == 3
+        c[j] = __ldg(&split[(v[j] >> 16) | ((u32)((v[j] & 0xFFFFu) != 0u) << 16)]);
 #elif FASTENC == 2
         c[j] = EL_tfast(v[j], EL_pk);
 #elif FASTENC == 1
@@ -71,11 +80,29 @@ def encode_source(spec: ElementFormat, in_kind: int, n: int, rounding: str,
     enc = cc.encoder_source("EL", spec, saturate, rounding)
     prologue, tab_arg = cc.table_prologue("EL", spec, saturate)
     fast, fast_prologue, kind = cc.fast_encoder("EL", spec, saturate, rounding, not use64)
+    if uses_split(spec, in_kind, rounding, saturate):
+        fast, fast_prologue, kind = "", "", 3
     prologue += fast_prologue
     defs += f"#define FASTENC {kind}\n"
     return (cc.prelude(in_kind) + defs + cc.BLOCK_IO + enc + fast
             + f"#define TABLE_PROLOGUE {prologue.replace(chr(10), ' ')}\n"
             + f"#define EL_ARG {tab_arg}\n" + ENCODE_SRC)
+
+
+def uses_split(spec: ElementFormat, in_kind: int, rounding: str, saturate: bool) -> bool:
+    """Whether the cast reads the split table: not float64 input, deterministic rounding, a
+    format whose split table is exact and that has no closed-form nearest encoder."""
+    if in_kind == 3 or split_table(spec, rounding, saturate) is None:
+        return False
+    return cc.fast_encoder("EL", spec, saturate, rounding)[2] != 1
+
+
+@functools.cache
+def _split_dev(spec: ElementFormat, rounding: str, saturate: bool):
+    """The split table on the current device (cached per format and mode)."""
+    import cupy as cp
+
+    return cp.asarray(split_table(spec, rounding, saturate))
 
 
 def encode_dev(arr, spec: ElementFormat, rounding: str, saturate: bool, rbits=None):
@@ -90,8 +117,10 @@ def encode_dev(arr, spec: ElementFormat, rounding: str, saturate: bool, rbits=No
     err = cp.zeros(1, dtype=cp.uint32)
     rb, nbits = cc.rbits_u32(rbits if rounding == "stochastic" else None, arr.shape)
     src = encode_source(spec, in_kind, n, rounding, saturate)
+    split = (_split_dev(spec, rounding, saturate) if uses_split(spec, in_kind, rounding, saturate)
+             else cp.zeros(1, dtype=cp.int16))
     cc.launch(cc.kernel(src, "ew_encode"), -(-n // _v(in_kind)),
-              (flat, rb, np.int32(nbits), codes.reshape(-1), err, np.int64(n)))
+              (flat, rb, np.int32(nbits), codes.reshape(-1), err, np.int64(n), split))
     return codes, err
 
 

@@ -1,22 +1,12 @@
 """Element casts: ``encode`` (any element format, every rounding mode) and code-to-value lookup.
 
 Three encoders, picked per call: ``encode_fast32``/``encode_fast`` (IEEE-like formats with
-subnormals and integers, deterministic modes), the *split table* (every other format on
-float32/float16/bfloat16 input, deterministic modes: HiF8, E8M0, ...) and ``encode_one`` (the
-rest: stochastic rounding, float64 input).
-
-The split table holds two codes per upper half of a float32 bit pattern ``b``: the code of
-``b & 0xFFFF0000`` and the code of any ``b`` whose lower 16 bits are not all zero. This is exact
-when every rounding boundary of the format (representable values and midpoints) has zero lower
-16 bits, i.e. at most 6 kept mantissa bits in every binade: the float32 values sharing an upper
-half and a nonzero lower half then lie strictly between two neighbouring boundaries. The table
-is built by ``encode_one`` and checked at build time at both ends of every such interval (lower
-half 1 and 0xFFFF); a format or mode where they differ gets no table.
+subnormals and integers, deterministic modes), the split table (``split_table``: every other
+format on float32/float16/bfloat16 input, deterministic modes: HiF8, E8M0, ...) and
+``encode_one`` (the rest: stochastic rounding, float64 input).
 """
 
 from __future__ import annotations
-
-from functools import cache
 
 import numpy as np
 from numba import njit, prange
@@ -38,6 +28,7 @@ from .core import (
     mode_flags,
     rbits_width,
 )
+from .split_table import split_table
 
 CHUNK = 1 << 14
 """Elements per parallel work item of the flat kernels."""
@@ -98,34 +89,6 @@ def _encode_flat_split(x, tab, out) -> int:
             bad += code < 0
             out[i] = code
     return bad
-
-
-@cache
-def split_table(spec: ElementFormat, rounding: str, saturate: bool) -> np.ndarray | None:
-    """int16[2 * 65536] split table of ``spec`` (-1: NaN into a format without NaN), or None
-    where it is not exact (see the module docstring); for deterministic ``rounding`` only."""
-    flags = mode_flags(rounding)
-    tab, prm = element_table(spec, saturate)
-    hi = np.arange(1 << 16, dtype=np.uint32) << 16
-
-    def codes(lower: int) -> np.ndarray:
-        x = (hi | np.uint32(lower)).view(np.float32)
-        out = np.empty(x.shape, dtype=np.int16)
-        _encode_split_probe(x, flags, tab, prm, out)
-        return out
-
-    low, nonzero = codes(0), codes(1)
-    if not np.array_equal(nonzero, codes(0xFFFF)):
-        return None
-    table = np.concatenate([low, nonzero])
-    table.setflags(write=False)
-    return table
-
-
-@njit(parallel=True, cache=True)
-def _encode_split_probe(x, flags, tab, prm, out) -> None:
-    for i in prange(x.size):
-        out[i] = encode_one(np.float64(x[i]), 0, flags, 0, 0, tab, prm)
 
 
 def flat_rbits(rbits, shape: tuple[int, ...]) -> tuple[np.ndarray, int]:

@@ -315,6 +315,37 @@ def test_fused_pack_matches_reference_pack(fmt):
         assert _same(pr.meta, cp.asnumpy(pg.meta))
 
 
+@pytest.mark.parametrize("name", ["hif8", "e8m0", "e6m2", "ue4m3"])
+def test_split_table_cast_emulated_equals_reference(name):
+    """The GPU cast's split-table path (``FASTENC 3``), emulated in NumPy on random, boundary and
+    special float32 inputs, every deterministic mode: the lookup the kernel makes."""
+    from lowbit.kernels import cupy_elementwise as ce
+    from lowbit.kernels.split_table import DETERMINISTIC, split_table
+
+    spec = ln.element_format(name)
+    rng = np.random.default_rng(3)
+    v = spec.values[np.isfinite(spec.values)]
+    pts = np.unique(np.concatenate([v, -v]))
+    x = np.concatenate([pts, (pts[1:] + pts[:-1]) / 2, _data(rng, 4000, np.float64),
+                        [np.inf, -np.inf, np.nan, 0.0, -0.0]]).astype(np.float32)
+    x = np.concatenate([x, np.nextafter(x, np.float32(np.inf)),
+                        np.nextafter(x, np.float32(-np.inf))])
+    if spec.nan_code is None:
+        x = x[~np.isnan(x)]
+    for kind in (0, 1, 2):  # float32, bfloat16, float16 input
+        assert ce.uses_split(spec, kind, "nearest_even", spec.saturate)
+        assert "#define FASTENC 3" in ce.encode_source(spec, kind, 64, "nearest_even",
+                                                       spec.saturate)
+    assert not ce.uses_split(spec, 3, "nearest_even", spec.saturate)  # float64 input
+    assert not ce.uses_split(spec, 0, "stochastic", spec.saturate)
+    b = x.view(np.uint32)
+    for mode in DETERMINISTIC:
+        tab = split_table(spec, mode, spec.saturate)
+        got = tab[(b >> 16) | ((b & 0xFFFF) != 0).astype(np.uint32) << 16]
+        ref = ln.encode(x, name, rounding=mode, backend="reference")
+        np.testing.assert_array_equal(got, ref.astype(np.int16), err_msg=mode)
+
+
 @gpu
 @pytest.mark.parametrize("name", sorted(ln.ELEMENT_FORMATS))
 def test_encode_every_element_format(name):
