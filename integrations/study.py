@@ -89,8 +89,10 @@ def default_grid(methods=("rtn", "gptq")) -> list[Config]:
 
 
 MXFP_METHODS = ("rtn", "smoothquant", "awq", "gptq", "mrgptq", "quarot", "spinquant", "flatquant")
-MXFP_SETTINGS = (("W8A8", "mxfp8_e4m3", "mxfp8_e4m3"), ("W4A8", "mxfp4", "mxfp8_e4m3"),
-                 ("W4A4", "mxfp4", "mxfp4"), ("W4A4", "nvfp4", "nvfp4"))
+MXFP_SETTINGS = (("W4A4", "mxfp4", "mxfp4"), ("W4A4", "nvfp4", "nvfp4"),
+                 ("W4A8", "mxfp4", "mxfp8_e4m3"), ("W8A8", "mxfp8_e4m3", "mxfp8_e4m3"))
+"""(name, weights, activations) of the grid, the most lossy first (a long run that is cut short
+keeps the informative rows; ``--resume`` completes it)."""
 PRESCALE = 0.75
 PARADIGMS = {"rtn": "rounding", "smoothquant": "scaling", "awq": "scaling",
              "gptq": "error compensation", "mrgptq": "error compensation",
