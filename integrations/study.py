@@ -95,7 +95,7 @@ MXFP_SETTINGS = (("W4A4", "mxfp4", "mxfp4"), ("W4A4", "nvfp4", "nvfp4"),
 keeps the informative rows; ``--resume`` completes it)."""
 PRESCALE = 0.75
 PARADIGMS = {"rtn": "rounding", "smoothquant": "scaling", "awq": "scaling",
-             "gptq": "error compensation", "mrgptq": "error compensation",
+             "gptq": "error compensation", "mrgptq": "rotation + error compensation",
              "quarot": "rotation", "spinquant": "rotation", "flatquant": "affine transform"}
 
 
@@ -264,14 +264,23 @@ def markdown(result: dict) -> str:
     return "\n".join(lines + method_table(result)) + "\n"
 
 
+def _no_unit_prescale(spec: str | None) -> str | None:
+    """``spec`` without a ``prescale=1`` option (the same quantizer as no pre-scale)."""
+    q = parse_spec(spec)
+    if q is None or float(q.options.get("prescale", 0)) != 1.0:
+        return spec
+    return str(type(q)(q.fmt, {k: v for k, v in q.options.items() if k != "prescale"}))
+
+
 def method_table(result: dict) -> list[str]:
     """Markdown lines of a (weights, activations, KV) x method pivot of KL, best per setting in
-    bold with its paradigm; empty unless some setting has several methods."""
+    bold with its paradigm; empty unless some setting has several methods. ``prescale=1`` (how
+    the mxfp grid turns MR-GPTQ's default pre-scale off) counts as no pre-scale."""
     settings: dict[tuple, dict[str, float]] = {}
     for r in result["rows"]:
         if r["method"] != "none":
-            settings.setdefault((r["weights"], r["activations"], r["kv_cache"]), {})[
-                r["method"]] = r["kl"]
+            key = tuple(_no_unit_prescale(r[k]) for k in ("weights", "activations", "kv_cache"))
+            settings.setdefault(key, {})[r["method"]] = r["kl"]
     if not any(len(v) > 1 for v in settings.values()):
         return []
     methods = list(dict.fromkeys(m for v in settings.values() for m in v))

@@ -48,13 +48,15 @@ def test_mxfp_grid_shape():
     assert len(set(grid)) == len(grid)
     nv = [c for c in grid if c.weights == "nvfp4"]
     assert len(nv) == len(MXFP_METHODS) and all(c.activations == "nvfp4" for c in nv)
-    w4a8 = [c for c in grid[1:] if c.weights.startswith("mxfp4") and c.activations.startswith("mxfp8")]
+    w4a8 = [c for c in grid[1:]
+            if c.weights.startswith("mxfp4") and c.activations.startswith("mxfp8")]
     assert len(w4a8) == 2 * len(MXFP_METHODS)
     on = [c for c in grid[1:] if "prescale=0.75" in c.weights]
     assert all("prescale=0.75" in c.activations for c in on) and len(on) == 3 * len(MXFP_METHODS)
     # MR-GPTQ's default 3/4 pre-scale is switched off explicitly in its "without" rows
     mr_off = [c for c in grid[1:] if c.method == "mrgptq" and "0.75" not in c.weights]
-    assert len(mr_off) == 4 and all("prescale=1" in c.weights for c in mr_off if c.weights != "nvfp4")
+    assert len(mr_off) == 4
+    assert all("prescale=1" in c.weights for c in mr_off if c.weights != "nvfp4")
 
 
 def test_mxfp_grid_cli_resumes(tmp_path, capsys):
@@ -81,3 +83,20 @@ def test_mxfp_grid_cli_resumes(tmp_path, capsys):
     assert all(first[r["label"]] == r["kl"] for r in res2["rows"] if r["method"] == "rtn")
     md = (tmp_path / "grid.md").read_text()
     assert "best (paradigm)" in md and "| mxfp4:prescale=0.75 | mxfp8_e4m3:prescale=0.75 |" in md
+
+
+def test_method_table_merges_unit_prescale():
+    from lowbit.integrations.study import method_table
+
+    def row(w, a, m, kl):
+        return {"weights": w, "activations": a, "kv_cache": None, "method": m, "kl": kl}
+
+    res = {"rows": [row(None, None, "none", 0.0), row("mxfp4", "mxfp4", "rtn", 1.5),
+                    row("mxfp4:prescale=1", "mxfp4:prescale=1", "mrgptq", 0.5),
+                    row("mxfp4:prescale=0.75", "mxfp4:prescale=0.75", "rtn", 1.2)]}
+    lines = method_table(res)
+    body = [ln for ln in lines if ln.startswith("| mxfp4")]
+    assert len(body) == 2  # prescale=1 is the "without" setting
+    assert body[0] == ("| mxfp4 | mxfp4 | 1.5000 | **0.5000** | mrgptq "
+                       "(rotation + error compensation) |")
+    assert method_table({"rows": res["rows"][:2]}) == []
