@@ -429,3 +429,27 @@ def encode_fast32(y: np.float32, scale: np.float32, flags, fp) -> int:
     code = i32_and(i32_add(i32_xor(mag, i32_and(fp[F_XOR], nmask)), i32_and(fp[F_ADD], nmask)),
                    fp[F_MASK])
     return np.int32(fp[F_NAN]) if nan else code
+
+
+@njit(cache=True, inline="always")
+def encode_sat32(y: np.float32, scale: np.float32, flags, fp) -> np.int32:
+    """``encode_fast32`` of a non-NaN ``y`` for saturating parameters (``fast_params(spec,
+    True)``), with fewer selects per lane; the code of a NaN ``y`` is unspecified.
+
+    Saturating parameters have ``F_OVER_* == F_NMAX_*``, so every overflow (an Inf too, and in
+    every mode) is the largest magnitude of the sign: one minimum. A positive ``mag`` is its own
+    code (``0 <= mag <= F_NMAX_P < F_MASK``); the negative code is one blend by the sign bit.
+    """
+    near, tie_away, tie_even, _ = flags
+    v = min(abs(y) * scale, np.float32(pow2(fp[F_TCLAMP])))
+    eb = i32_max(i32_and(f32_bits(v), 0x7F800000), fp[F_EMIN_B32])
+    w = v * bits_f32(i32_sub((254 + fp[F_MB]) << 23, eb))
+    t = np.floor(w)
+    frac = w - t
+    up = (frac > np.float32(0.5)) | ((frac == np.float32(0.5)) & (tie_away == 1))
+    n = np.rint(w) if tie_even == 1 else (t + np.float32(up) if near == 1 else t)
+    mag = i32_add(i32_shr(i32_sub(eb, fp[F_EMIN_B32]), 23 - fp[F_MB]), np.int32(n))
+    neg = f32_bits(y) < 0
+    mag = min(mag, np.int32(fp[F_NMAX_N]) if neg else np.int32(fp[F_NMAX_P]))
+    ncode = i32_and(i32_add(i32_xor(mag, fp[F_XOR]), fp[F_ADD]), fp[F_MASK])
+    return ncode if neg else mag

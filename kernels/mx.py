@@ -4,7 +4,7 @@ One block is 32 consecutive elements of a row; blocks are independent and run in
 The scale exponent comes from the float64 bits of the block's finite absolute maximum (the
 reference's ``np.frexp`` rules written on the significand; FLOOR, ``k = floor(log2 amax) -
 emax``, straight from the float32 exponent field), and the elements are rounded with the
-divisor's power of two applied as an exact product (``core.encode_fast32``) or to the exponent
+divisor's power of two applied as an exact product (``core.encode_sat32``) or to the exponent
 (``core.encode_one``), never by a float division. The pre-scale multiplies in float64, exact
 under ``mx.check_prescale_exact``. Dequantize: ``fl32(v * 2**(s - 127))``, one float32 product
 of exact operands, i.e. the exact value rounded once.
@@ -32,13 +32,14 @@ from .core import (
     check_rbits,
     element_table,
     encode_fast,
-    encode_fast32,
     encode_one,
+    encode_sat32,
     f32_bits_of,
     f64_bits,
     fast_params,
     i32_and,
     i32_max,
+    i32_or,
     kernel_input,
     load,
     load32,
@@ -178,12 +179,18 @@ def _block_bounds(blk: int, nb: int, length: int, bs: int) -> tuple[int, int]:
     return start, min(start + bs, (row + 1) * length)
 
 
+# The float32 kernel indexes with unsigned integers: Numba then emits no negative-index
+# wraparound, whose per-element select kept LLVM from contiguous vector loads and stores.
+
+
 @njit(cache=True, inline="always")
-def _finish_block(x, codes, start, stop, nan_block, zcode) -> None:
-    """NaN blocks get code 0; ``zcode >= 0`` encodes every +-0 input as -0 (``zero_sign``)."""
-    for i in range(start, stop):
-        c = 0 if nan_block else codes[i]
-        codes[i] = zcode if (zcode >= 0 and load(x, i) == 0) else c
+def _finish_block(x, xs: int, codes, cs: int, n: int, nan_block, zcode) -> None:
+    """Codes ``codes[cs:cs + n]`` of ``x[xs:xs + n]``: NaN blocks get code 0; ``zcode >= 0``
+    encodes every +-0 input as -0 (``zero_sign``)."""
+    for j in range(n):
+        u = np.uint64(cs + j)
+        c = 0 if nan_block else codes[u]
+        codes[u] = zcode if (zcode >= 0 and load(x, np.uint64(xs + j)) == 0) else c
 
 
 @njit(cache=True, inline="always")
@@ -192,7 +199,7 @@ def _amax_bits(x, start: int, stop: int) -> tuple[np.int32, np.int32]:
     amax_bits = np.int32(0)
     big = np.int32(0)
     for i in range(start, stop):
-        a = i32_and(f32_bits_of(x, i), 0x7FFFFFFF)
+        a = i32_and(f32_bits_of(x, np.uint64(i)), 0x7FFFFFFF)
         amax_bits = i32_max(amax_bits, a if a < np.int32(0x7F800000) else np.int32(0))
         big = i32_max(big, a)
     return amax_bits, big
@@ -212,9 +219,29 @@ def _scale32(amax_bits: np.int32, big: np.int32, sp) -> tuple[int, int, bool]:
 
 
 @njit(cache=True, inline="always")
-def _encode_block32(x, start, stop, sc, flags, fp, codes) -> None:
-    for i in range(start, stop):
-        codes[i] = encode_fast32(load32(x, i), sc, flags, fp)
+def _block32(x, start: int, stop: int, sp, scales, blk: int) -> tuple[np.float32, bool]:
+    """Scale of the block ``x[start:stop]``: its E8M0 code stored at ``scales[blk]``; returns
+    (the element factor ``2**-k`` in float32, NaN block)."""
+    amax_bits, big = _amax_bits(x, start, stop)
+    code, k, nan_block = _scale32(amax_bits, big, sp)
+    scales[np.uint64(blk)] = code
+    return np.float32(pow2(-k)), nan_block
+
+
+@njit(cache=True, inline="always")
+def _encode_block32(x, xs: int, codes, cs: int, n: int, sc, flags, fp) -> None:
+    """``codes[cs:cs + n]`` = codes of ``x[xs:xs + n] * sc`` (``core.encode_sat32``)."""
+    for j in range(n):
+        codes[np.uint64(cs + j)] = encode_sat32(load32(x, np.uint64(xs + j)), sc, flags, fp)
+
+
+@njit(cache=True, inline="always")
+def _encode_packed32(x, xs: int, out, at: int, sc, flags, fp) -> None:
+    """``_encode_block32`` of 32 4-bit codes packed as ``_pack_block32`` packs them."""
+    for j in range(16):
+        lo = encode_sat32(load32(x, np.uint64(xs + 2 * j)), sc, flags, fp)
+        hi = encode_sat32(load32(x, np.uint64(xs + 2 * j + 1)), sc, flags, fp)
+        out[np.uint64(at + j)] = i32_or(lo, hi << 4)
 
 
 @njit(cache=True, inline="always")
@@ -222,17 +249,21 @@ def _pack_block32(buf, out, at: int) -> None:
     """The 32 4-bit codes of ``buf`` as 16 bytes at ``out[at:]``, first code in the low nibble
     (``numerics.packing``'s order)."""
     for j in range(16):
-        out[at + j] = buf[2 * j] | (buf[2 * j + 1] << 4)
+        out[np.uint64(at + j)] = buf[2 * j] | (buf[2 * j + 1] << 4)
 
 
 @njit(parallel=True, cache=True)
 def _quantize_fast32(x, length, bs, flags, fp, sp, codes, scales, pack4):
     """Deterministic rounding of float32/bfloat16/float16 input in float32 arithmetic.
 
-    One pass per block: its amax and then its codes while it is in cache. Rows made of whole
+    One pass per block: its amax and then its codes while it is in cache. Each case is its own
+    loop over the task's blocks (nothing in a block loop tests the case): rows made of whole
     32-element blocks (``length % 32 == 0``) take constant-trip-count loops on flat block
-    offsets (fully vectorized); other shapes the generic bounds. ``pack4`` (4-bit elements,
-    whole blocks only): ``codes`` receives the packed bytes, two codes per byte.
+    offsets (fully vectorized), in the default mode with its flags constant-folded; other
+    shapes the generic bounds. ``pack4`` (4-bit elements, whole blocks only): ``codes``
+    receives the packed bytes, two codes per byte. Elements go through ``encode_sat32``
+    (saturating parameters; a NaN element makes a NaN block, whose codes ``_finish_block``
+    overwrites).
     """
     nb = -(-length // bs)
     total = scales.size
@@ -240,35 +271,42 @@ def _quantize_fast32(x, length, bs, flags, fp, sp, codes, scales, pack4):
     flat32 = bs == 32 and length % 32 == 0
     zcode = sp[S_ZERO_CODE]
     for task in prange((total + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
-        buf = np.empty(32 if pack4 else 0, dtype=np.uint8)
-        for blk in range(task * BLOCKS_PER_TASK, min(total, (task + 1) * BLOCKS_PER_TASK)):
-            if flat32:
-                start = blk * 32
-                stop = start + 32
-                amax_bits, big = _amax_bits(x, start, start + 32)
-            else:
-                start, stop = _block_bounds(blk, nb, length, bs)
-                amax_bits, big = _amax_bits(x, start, stop)
-            code, k, nan_block = _scale32(amax_bits, big, sp)
-            scales[blk] = code
-            sc = np.float32(pow2(-k))
-            if pack4:  # flat32 holds: ``buf`` is the block, x offset ``start``
-                if rne:
-                    _encode_block32(x[start:], 0, 32, sc, RNE_FLAGS, fp, buf)
-                else:
-                    _encode_block32(x[start:], 0, 32, sc, flags, fp, buf)
+        b0 = task * BLOCKS_PER_TASK
+        b1 = min(total, b0 + BLOCKS_PER_TASK)
+        if pack4:  # flat32 holds; ``buf`` holds the codes of a block that needs finishing
+            buf = np.empty(32, dtype=np.uint8)
+            for blk in range(b0, b1):
+                s = blk * 32
+                sc, nan_block = _block32(x, s, s + 32, sp, scales, blk)
                 if nan_block or zcode >= 0:
-                    _finish_block(x[start:], buf, 0, 32, nan_block, zcode)
-                _pack_block32(buf, codes, blk * 16)
-                continue
-            if flat32 and rne:  # the default mode, constant-folded
-                _encode_block32(x, start, start + 32, sc, RNE_FLAGS, fp, codes)
-            elif flat32:
-                _encode_block32(x, start, start + 32, sc, flags, fp, codes)
-            else:
-                _encode_block32(x, start, stop, sc, flags, fp, codes)
-            if nan_block or zcode >= 0:
-                _finish_block(x, codes, start, stop, nan_block, zcode)
+                    _encode_block32(x, s, buf, 0, 32, sc, flags, fp)
+                    _finish_block(x, s, buf, 0, 32, nan_block, zcode)
+                    _pack_block32(buf, codes, blk * 16)
+                elif rne:
+                    _encode_packed32(x, s, codes, blk * 16, sc, RNE_FLAGS, fp)
+                else:
+                    _encode_packed32(x, s, codes, blk * 16, sc, flags, fp)
+        elif flat32 and rne:  # the default mode, constant-folded
+            for blk in range(b0, b1):
+                s = blk * 32
+                sc, nan_block = _block32(x, s, s + 32, sp, scales, blk)
+                _encode_block32(x, s, codes, s, 32, sc, RNE_FLAGS, fp)
+                if nan_block or zcode >= 0:
+                    _finish_block(x, s, codes, s, 32, nan_block, zcode)
+        elif flat32:
+            for blk in range(b0, b1):
+                s = blk * 32
+                sc, nan_block = _block32(x, s, s + 32, sp, scales, blk)
+                _encode_block32(x, s, codes, s, 32, sc, flags, fp)
+                if nan_block or zcode >= 0:
+                    _finish_block(x, s, codes, s, 32, nan_block, zcode)
+        else:
+            for blk in range(b0, b1):
+                start, stop = _block_bounds(blk, nb, length, bs)
+                sc, nan_block = _block32(x, start, stop, sp, scales, blk)
+                _encode_block32(x, start, codes, start, stop - start, sc, flags, fp)
+                if nan_block or zcode >= 0:
+                    _finish_block(x, start, codes, start, stop - start, nan_block, zcode)
 
 
 @njit(parallel=True, cache=True)
@@ -284,7 +322,7 @@ def _quantize_fast(x, length, bs, alpha, flags, fp, sp, codes, scales):
             for i in range(start, stop):
                 codes[i] = encode_fast(load(x, i) * alpha, k, flags, fp)
             if nan_block or sp[S_ZERO_CODE] >= 0:
-                _finish_block(x, codes, start, stop, nan_block, sp[S_ZERO_CODE])
+                _finish_block(x, start, codes, start, stop - start, nan_block, sp[S_ZERO_CODE])
 
 
 @njit(parallel=True, cache=True)
@@ -301,7 +339,7 @@ def _quantize_generic(x, length, bs, alpha, rb, rstride, nbits, flags, tab, prm,
             for i in range(start, stop):
                 y = 0.0 if nan_block else load(x, i) * alpha
                 codes[i] = encode_one(y, k, flags, rb[i * rstride], nbits, tab, prm)
-            _finish_block(x, codes, start, stop, nan_block, sp[S_ZERO_CODE])
+            _finish_block(x, start, codes, start, stop - start, nan_block, sp[S_ZERO_CODE])
 
 
 def quantize_rows(x2, fmt: BlockFormat, opts: ref.MXOptions, alpha, rb, rstride, nbits,

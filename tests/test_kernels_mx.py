@@ -121,3 +121,27 @@ def test_mx_hypothesis(fmt, rule, rounding, x):
     rb = np.random.default_rng(x.size).integers(0, 2**32, x.shape, dtype=np.uint64)
     check_quantize(x, fmt, scale_rule=rule, rounding=rounding, rbits=rb.astype(np.uint32),
                    dequantize=False)
+
+
+@pytest.mark.parametrize("rounding", ["nearest_even", "nearest_away", "toward_zero"])
+@pytest.mark.parametrize("fmt", ["mxfp8_e4m3", "mxfp4", "mxint8"])
+def test_many_tasks(fmt, rounding):
+    """Several parallel tasks (256 blocks each, the last one partial) with NaN/Inf/zero blocks
+    among them: every per-task loop of the float32 kernel, packed output included."""
+    from lowbit.kernels.fused import quantize_packed
+    from lowbit.numerics import packing
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((37, 32 * 30)) * np.exp2(rng.integers(-30, 30, (37, 1)))
+    x = x.astype(np.float32)
+    flat = x.reshape(-1)
+    for v in (np.nan, np.inf, -np.inf, -0.0, 0.0, 1e-45):
+        flat[rng.integers(0, flat.size, 5)] = v
+    x[3, 64:96] = 0.0
+    for kw in ({}, {"zero_sign": "zero_input_negative"}):
+        check_quantize(x, fmt, rounding=rounding, dequantize=False, **kw)
+        check_quantize(x[:, :-7], fmt, rounding=rounding, dequantize=False, **kw)
+        if fmt == "mxfp4":
+            r = packing.pack(ln.quantize(x, fmt, backend="reference", rounding=rounding, **kw))
+            k = quantize_packed(x, fmt, backend="numba", rounding=rounding, **kw)
+            assert np.array_equal(r.data, k.data) and np.array_equal(r.scales, k.scales)
