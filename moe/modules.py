@@ -8,6 +8,25 @@ Parameter names follow DeepSeek-V3 / transformers 5 MoE layouts: ``gate.*`` (the
 ``router.CMoERouter``), ``shared_experts.{gate,up,down}_proj.weight`` (width S*m), and the routed
 experts fused as ``experts.gate_up_proj`` (N_r, 2m, d; gate rows first) and
 ``experts.down_proj`` (N_r, d, m).
+
+Routed-expert implementations (``CMoEExperts.impl``; same parameters, same routing):
+
+* ``"eager"`` (default): a Python loop over experts on expert-sorted rows (one host sync for the
+  per-expert counts); each expert's output (width d) is multiplied by its gate, then scattered
+  back and the k slots of a token summed.
+* ``"grouped_mm"``: the loop replaced by two ``F.grouped_mm`` calls; otherwise as ``eager``.
+* ``"fused"``: two ``F.grouped_mm`` calls with the gate multiplied into the SwiGLU hidden (width
+  m) *before* the down projection, ``E_j(x) g = W_d (g h)`` instead of ``g (W_d h)``: the same
+  math, rounded in a different order (in bfloat16 the gate is rounded into the hidden); the k
+  slots of a token are combined by gathering through the inverse permutation,
+  ``ys.index_select(0, inv).view(T, k, d).sum(1)`` (no scatter, deterministic). In
+  ``CMoEBlock.forward`` the shared expert's output is then added in the epilogue of its
+  down-projection GEMM (``torch.addmm``) when ``shared_experts.down_proj`` is a plain
+  ``nn.Linear`` without bias or hooks (LoRA parametrizations included). No host sync: the path
+  traces under ``torch.compile(fullgraph=True)`` (grouped_mm's fake kernel needs bfloat16).
+
+Per-expert loads (``CMoEBlock.last_load``) are counted on the device (``index_add_``), never
+copied to the host in ``forward``.
 """
 
 from __future__ import annotations
@@ -36,14 +55,25 @@ class SwiGLU(nn.Module):
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
+def expert_counts(idx: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """Slots per expert (num_experts,) int64 of the selections ``idx``, on ``idx``'s device:
+    ``index_add_`` of ones, not ``torch.bincount`` (which reads its input's max on the host on
+    CUDA and has a data-dependent shape under torch.compile)."""
+    flat = idx.flatten()
+    return torch.zeros(num_experts, dtype=torch.int64, device=flat.device).index_add_(
+        0, flat, torch.ones_like(flat))
+
+
 class CMoEExperts(nn.Module):
     """N_r SwiGLU experts of width m as fused 3-D weights; ``forward(x, idx, gates)`` returns
     ``sum_s gates[t, s] * E_{idx[t, s]}(x[t])`` over the k slots of each token, summed in slot
     order. Slots are sorted by expert (stable) and each expert's rows multiplied at once:
     ``impl="eager"`` loops over experts, ``impl="grouped_mm"`` makes two
-    ``torch.nn.functional.grouped_mm`` calls (one kernel per projection on CUDA, no host sync)."""
+    ``torch.nn.functional.grouped_mm`` calls (one kernel per projection on CUDA, no host sync),
+    ``impl="fused"`` is ``grouped_mm`` with the gates folded into the hidden before the down
+    projection and the inverse-permutation gather combine (see the module docstring)."""
 
-    IMPLS = ("eager", "grouped_mm")
+    IMPLS = ("eager", "grouped_mm", "fused")
 
     def __init__(self, hidden_size: int, num_experts: int, width: int, hidden_act: str = "silu",
                  impl: str = "eager"):
@@ -66,11 +96,31 @@ class CMoEExperts(nn.Module):
         gate, up = gu.chunk(2, dim=-1)
         return F.grouped_mm(self.act_fn(gate) * up, self.down_proj.transpose(-2, -1), offs=offs)
 
-    def forward(self, x: torch.Tensor, idx: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+    def _fused(self, x: torch.Tensor, idx: torch.Tensor, gates: torch.Tensor,
+               counts: torch.Tensor) -> torch.Tensor:
+        t, k = idx.shape
+        flat = idx.flatten()
+        order = flat.argsort(stable=True)  # sorted position -> flat slot
+        inv = torch.empty_like(order)  # flat slot -> sorted position (no second sort)
+        inv[order] = torch.arange(order.numel(), device=order.device)
+        offs = counts.cumsum(0).to(torch.int32)
+        gu = F.grouped_mm(x.index_select(0, order // k), self.gate_up_proj.transpose(-2, -1),
+                          offs=offs)
+        gate, up = gu.chunk(2, dim=-1)
+        h = self.act_fn(gate) * up * gates.flatten()[order, None].to(x.dtype)
+        ys = F.grouped_mm(h, self.down_proj.transpose(-2, -1), offs=offs)
+        return ys.index_select(0, inv).view(t, k, -1).sum(dim=1)
+
+    def forward(self, x: torch.Tensor, idx: torch.Tensor, gates: torch.Tensor,
+                counts: torch.Tensor | None = None) -> torch.Tensor:
+        """``counts``: ``expert_counts(idx, num_experts)`` if the caller has it already."""
+        if counts is None:
+            counts = expert_counts(idx, self.num_experts)
+        if self.impl == "fused":
+            return self._fused(x, idx, gates, counts)
         t, k = idx.shape
         flat = idx.flatten()
         order = flat.argsort(stable=True)
-        counts = torch.bincount(flat, minlength=self.num_experts)
         xs = x[order // k]
         if self.impl == "grouped_mm":
             ys = self._grouped(xs, counts)
@@ -89,7 +139,8 @@ class CMoEExperts(nn.Module):
 class CMoEBlock(nn.Module):
     """Drop-in replacement of a SwiGLU FFN (``mlp`` of a decoder layer); see the module docstring.
 
-    ``last_load`` (N_r,) holds how many tokens each routed expert received in the latest forward.
+    ``last_load`` (N_r,) int64 holds how many tokens each routed expert received in the latest
+    forward, on the input's device (no host sync; ``.tolist()`` it when needed).
     """
 
     def __init__(self, hidden_size: int, intermediate_size: int, config: MoEConfig,
@@ -150,12 +201,32 @@ class CMoEBlock(nn.Module):
             raise ValueError(f"top_k must be in [1, {self.moe_config.routed}]")
         self.gate.top_k = k
 
+    def _shared_addmm(self) -> bool:
+        """Whether the shared expert's down projection can run as ``torch.addmm`` on its weight:
+        a bias-free ``nn.Linear`` whose ``forward`` is not overridden and has no hooks (a
+        parametrized weight, e.g. LoRA, is fine; a replaced/quantized module is not)."""
+        se = self.shared_experts
+        lin = getattr(se, "down_proj", None)
+        return (type(se) is SwiGLU and isinstance(lin, nn.Linear)
+                and type(lin).forward is nn.Linear.forward and lin.bias is None
+                and not lin._forward_hooks and not lin._forward_pre_hooks)
+
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         shape = hidden_states.shape
         x = hidden_states.reshape(-1, shape[-1])
-        out = self.shared_experts(x) if self.shared_experts is not None else torch.zeros_like(x)
-        if self.gate is not None:
-            idx, gates = self.gate(x)
-            self.last_load = torch.bincount(idx.flatten().cpu(), minlength=self.gate.num_experts)
-            out = out + self.experts(x, idx, gates)
+        if self.gate is None:
+            out = self.shared_experts(x) if self.shared_experts is not None else torch.zeros_like(x)
+            return out.reshape(shape)
+        idx, gates = self.gate(x)
+        load = expert_counts(idx, self.gate.num_experts)
+        self.last_load = load
+        routed = self.experts(x, idx, gates, load)
+        if self.shared_experts is None:
+            out = routed
+        elif self.experts.impl == "fused" and self._shared_addmm():
+            se = self.shared_experts
+            h = se.act_fn(se.gate_proj(x)) * se.up_proj(x)
+            out = torch.addmm(routed, h, se.down_proj.weight.T)  # shared + routed in the epilogue
+        else:
+            out = self.shared_experts(x) + routed
         return out.reshape(shape)

@@ -9,7 +9,10 @@ which moves selection only and is a persistent buffer (saved with the model, unl
 code). Gate of a selected expert: ``1 + s_j * u_j`` with the learnable scale u initialised to 0,
 so training-free gates are exactly 1 (the routed experts' outputs are summed unscaled).
 Balancing: in training mode with ``bias_update_rate`` gamma > 0, each forward moves
-``b_j += gamma * sign(mean load - load_j)`` (tokens routed to expert j in that batch).
+``b_j += gamma * sign(mean load - load_j)`` (tokens routed to expert j in that batch), counted on
+the device (no host sync, so the router traces under ``torch.compile(fullgraph=True)``).
+The two N_r x d matmuls stay two: one matmul on ``cat([G, U])`` is not bit-identical to them in
+float32 on the CPU (different GEMM blocking), and the scores decide the top-k.
 """
 
 from __future__ import annotations
@@ -65,5 +68,7 @@ class CMoERouter(nn.Module):
     @torch.no_grad()
     def update_bias(self, idx: torch.Tensor) -> None:
         """One balancing step from the selections ``idx`` of a batch."""
-        load = torch.bincount(idx.flatten(), minlength=self.num_experts).float()
+        flat = idx.flatten()  # index_add_, not bincount: no host sync on CUDA
+        load = torch.zeros(self.num_experts, device=flat.device).index_add_(
+            0, flat, torch.ones(flat.shape, device=flat.device))
         self.e_score_correction_bias += self.bias_update_rate * torch.sign(load.mean() - load)
