@@ -27,8 +27,10 @@ from .core import (
     element_table,
     encode_fast32,
     encode_one,
+    encode_sat32,
     f32_bits,
     fast_params,
+    i32_add,
     i32_and,
     i32_max,
     mode_flags,
@@ -50,6 +52,21 @@ def _bounds(blk: int, nb: int, length: int) -> tuple[int, int]:
     return start, min(start + 16, (row + 1) * length)
 
 
+# Arrays are indexed with unsigned integers (``np.uint64``): Numba then emits no negative-index
+# wraparound, whose per-element select kept LLVM from contiguous 8-lane vector loads and stores
+# (it stored the codes one byte at a time). Each case is its own loop over a task's blocks, with
+# the algorithm, the whole-block trip count and (by default) the rounding flags constant-folded.
+
+
+@njit(cache=True, inline="always")
+def _amax16(x, s: int, n: int) -> np.int32:
+    """max of the |x| bit patterns of ``x[s:s + n]`` (a NaN is the largest)."""
+    m = np.int32(0)
+    for j in range(n):
+        m = i32_max(m, i32_and(f32_bits(x[np.uint64(s + j)]), 0x7FFFFFFF))
+    return m
+
+
 @njit(parallel=True, cache=True)
 def _block_amax(x, length, amax) -> int:
     """float32 max |x| per block into ``amax`` (on the bit patterns, so a NaN is the largest);
@@ -59,16 +76,21 @@ def _block_amax(x, length, amax) -> int:
     flat = length % 16 == 0
     bad = 0
     for task in prange((total + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
-        for blk in range(task * BLOCKS_PER_TASK, min(total, (task + 1) * BLOCKS_PER_TASK)):
-            if flat:
-                start, stop = blk * 16, blk * 16 + 16
-            else:
+        b0 = task * BLOCKS_PER_TASK
+        b1 = min(total, b0 + BLOCKS_PER_TASK)
+        nbad = np.int32(0)
+        if flat:
+            for blk in range(b0, b1):
+                m = _amax16(x, blk * 16, 16)
+                nbad = i32_add(nbad, np.int32(m >= 0x7F800000))
+                amax[np.uint64(blk)] = bits_f32(min(m, np.int32(0x7F7FFFFF)))
+        else:
+            for blk in range(b0, b1):
                 start, stop = _bounds(blk, nb, length)
-            m = np.int32(0)
-            for i in range(start, stop):
-                m = i32_max(m, i32_and(f32_bits(x[i]), 0x7FFFFFFF))
-            bad += m >= 0x7F800000
-            amax[blk] = bits_f32(np.int32(min(m, 0x7F7FFFFF)))
+                m = _amax16(x, start, stop - start)
+                nbad = i32_add(nbad, np.int32(m >= 0x7F800000))
+                amax[np.uint64(blk)] = bits_f32(min(m, np.int32(0x7F7FFFFF)))
+        bad += nbad
     return bad
 
 
@@ -101,48 +123,108 @@ def _block_scale(algo, amax, tscale, s_enc, sfp, svals) -> tuple[int, np.float32
 
 
 @njit(cache=True, inline="always")
-def _encode_fast_block(x, start, stop, f, divide, zero_fix, flags, fp, codes) -> int:
-    """Codes of ``x[start:stop] * f`` (or ``/ f``) by ``encode_fast32``; ``zero_fix``: a scaled
-    zero gets code 0 (modelopt). Returns the count of NaN scaled values."""
+def _elements(x, s: int, n: int, f, divide, zero_fix, flags, fp, codes) -> np.int32:
+    """``codes[s:s + n]`` = codes of ``x[s:s + n] * f`` (or ``/ f``) by ``encode_sat32`` (E2M1's
+    saturating parameters); ``zero_fix``: a scaled zero gets code 0 (modelopt). Returns the count
+    of NaN scaled values (their codes are unspecified: the caller raises)."""
+    n_nan = np.int32(0)
+    for j in range(n):
+        u = np.uint64(s + j)
+        y = x[u] / f if divide else x[u] * f
+        n_nan = i32_add(n_nan, np.int32(y != y))
+        c = encode_sat32(y, np.float32(1), flags, fp)
+        codes[u] = np.int32(0) if (zero_fix and y == 0) else c
+    return n_nan
+
+
+@njit(cache=True, inline="always")
+def _whole_blocks(x, b0: int, b1: int, algo, amax, tscale, s_enc, sfp, svals, flags, fp,
+                  codes, scales) -> int:
+    """Blocks ``b0:b1`` of rows of whole blocks, for one (constant) ``algo``; NaN count."""
     n_nan = 0
-    for i in range(start, stop):
-        y = x[i] / f if divide else x[i] * f
-        n_nan += y != y
-        c = encode_fast32(y, np.float32(1), flags, fp)
-        codes[i] = 0 if (zero_fix and y == 0) else c
+    for blk in range(b0, b1):
+        ub = np.uint64(blk)
+        code, f, divide = _block_scale(algo, amax[ub], tscale, s_enc, sfp, svals)
+        scales[ub] = code
+        n_nan += _elements(x, blk * 16, 16, f, divide, algo == MODELOPT, flags, fp, codes)
+    return n_nan
+
+
+# The per-task loops are plain (not inlined) functions: inlined into the parallel loop, their
+# copies made Numba's parfor passes take minutes to compile it. ``error_model="numpy"``: IEEE
+# division (x / 0 is +-Inf or NaN, as in the parallel loop), not Python's ZeroDivisionError.
+
+
+@njit(cache=True, error_model="numpy")
+def _task_rne(x, b0, b1, algo, amax, tscale, s_enc, sfp, svals, fp, codes, scales) -> int:
+    """Whole blocks in the default mode: one loop per algorithm (its scale arithmetic, multiply
+    or divide, the modelopt zero rule and the mode's flags constant-folded)."""
+    if algo == TE:
+        return _whole_blocks(x, b0, b1, TE, amax, tscale, s_enc, sfp, svals, RNE_FLAGS, fp,
+                             codes, scales)
+    if algo == TORCHAO:
+        return _whole_blocks(x, b0, b1, TORCHAO, amax, tscale, s_enc, sfp, svals, RNE_FLAGS,
+                             fp, codes, scales)
+    return _whole_blocks(x, b0, b1, MODELOPT, amax, tscale, s_enc, sfp, svals, RNE_FLAGS, fp,
+                         codes, scales)
+
+
+@njit(cache=True, error_model="numpy")
+def _task_fast(x, b0, b1, nb, length, algo, amax, tscale, s_enc, sfp, svals, flags, fp, codes,
+               scales) -> int:
+    """Any deterministic mode, any row length (``encode_sat32``)."""
+    n_nan = 0
+    for blk in range(b0, b1):
+        ub = np.uint64(blk)
+        code, f, divide = _block_scale(algo, amax[ub], tscale, s_enc, sfp, svals)
+        scales[ub] = code
+        start, stop = _bounds(blk, nb, length)
+        n_nan += _elements(x, start, stop - start, f, divide, algo == MODELOPT, flags, fp,
+                           codes)
+    return n_nan
+
+
+@njit(cache=True, error_model="numpy")
+def _task_generic(x, b0, b1, nb, length, algo, amax, tscale, s_enc, sfp, svals, flags, rb,
+                  rstride, nbits, tab, prm, codes, scales) -> int:
+    """Stochastic rounding (``encode_one``)."""
+    n_nan = 0
+    for blk in range(b0, b1):
+        ub = np.uint64(blk)
+        code, f, divide = _block_scale(algo, amax[ub], tscale, s_enc, sfp, svals)
+        scales[ub] = code
+        start, stop = _bounds(blk, nb, length)
+        for i in range(start, stop):
+            u = np.uint64(i)
+            y = x[u] / f if divide else x[u] * f
+            n_nan += y != y
+            c = encode_one(np.float64(y), 0, flags, rb[u * np.uint64(rstride)], nbits, tab, prm)
+            codes[u] = 0 if (algo == MODELOPT and y == 0) else c
     return n_nan
 
 
 @njit(parallel=True, cache=True)
 def _quantize(x, length, amax, tscale, s_enc, algo, sfp, svals, flags, fast, fp, rb,
               rstride, nbits, tab, prm, codes, scales) -> int:
-    """Element codes and scale codes; returns the count of NaN scaled values (undefined)."""
+    """Element codes and scale codes; returns the count of NaN scaled values (undefined).
+    Rows of whole blocks in the default mode: ``_task_rne``; the other deterministic modes and
+    ragged rows: ``_task_fast``; stochastic rounding: ``_task_generic``."""
     nb = -(-length // 16)
     total = scales.size
     n_nan = 0
-    flat = length % 16 == 0
-    rne_fast = fast and flags[2] == 1
-    zero_fix = algo == MODELOPT
+    rne_flat = fast and length % 16 == 0 and flags[2] == 1
     for task in prange((total + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
-        for blk in range(task * BLOCKS_PER_TASK, min(total, (task + 1) * BLOCKS_PER_TASK)):
-            if flat:
-                start, stop = blk * 16, blk * 16 + 16
-            else:
-                start, stop = _bounds(blk, nb, length)
-            code, f, divide = _block_scale(algo, amax[blk], tscale, s_enc, sfp, svals)
-            scales[blk] = code
-            if rne_fast and flat and not divide:  # the default, constant-folded
-                n_nan += _encode_fast_block(x, start, start + 16, f, False, zero_fix,
-                                            RNE_FLAGS, fp, codes)
-            elif fast:
-                n_nan += _encode_fast_block(x, start, stop, f, divide, zero_fix, flags, fp,
-                                            codes)
-            else:
-                for i in range(start, stop):
-                    y = x[i] / f if divide else x[i] * f
-                    n_nan += y != y
-                    c = encode_one(np.float64(y), 0, flags, rb[i * rstride], nbits, tab, prm)
-                    codes[i] = 0 if (zero_fix and y == 0) else c
+        b0 = task * BLOCKS_PER_TASK
+        b1 = min(total, b0 + BLOCKS_PER_TASK)
+        if rne_flat:
+            n_nan += _task_rne(x, b0, b1, algo, amax, tscale, s_enc, sfp, svals, fp, codes,
+                               scales)
+        elif fast:
+            n_nan += _task_fast(x, b0, b1, nb, length, algo, amax, tscale, s_enc, sfp, svals,
+                                flags, fp, codes, scales)
+        else:
+            n_nan += _task_generic(x, b0, b1, nb, length, algo, amax, tscale, s_enc, sfp,
+                                   svals, flags, rb, rstride, nbits, tab, prm, codes, scales)
     return n_nan
 
 
@@ -209,15 +291,21 @@ def _dequantize(codes, length, scales, elut, slut, ts, out) -> None:
     total = scales.size
     flat = length % 16 == 0
     for task in prange((total + BLOCKS_PER_TASK - 1) // BLOCKS_PER_TASK):
-        for blk in range(task * BLOCKS_PER_TASK, min(total, (task + 1) * BLOCKS_PER_TASK)):
-            s = slut[scales[blk]] * ts
-            if flat:
-                for i in range(blk * 16, blk * 16 + 16):
-                    out[i] = elut[codes[i]] * s
-            else:
+        b0 = task * BLOCKS_PER_TASK
+        b1 = min(total, b0 + BLOCKS_PER_TASK)
+        if flat:
+            for blk in range(b0, b1):
+                s = slut[scales[np.uint64(blk)]] * ts
+                for j in range(16):
+                    u = np.uint64(blk * 16 + j)
+                    out[u] = elut[codes[u]] * s
+        else:
+            for blk in range(b0, b1):
+                s = slut[scales[np.uint64(blk)]] * ts
                 start, stop = _bounds(blk, nb, length)
                 for i in range(start, stop):
-                    out[i] = elut[codes[i]] * s
+                    u = np.uint64(i)
+                    out[u] = elut[codes[u]] * s
 
 
 def dequantize(q: QuantizedTensor, dtype) -> np.ndarray:
