@@ -401,6 +401,22 @@ def encode_fast(y: float, shift: int, flags, fp) -> int:
 
 
 @njit(cache=True, inline="always")
+def _mag32(v: np.float32, flags, fp) -> np.int32:
+    """The magnitude code of ``v >= 0`` (clamped to the format's top binade), float32/int32
+    arithmetic: ``v`` scaled by the inverse quantum of its binade (a power of two) to ``w``,
+    whose integer part and exact fraction give the rounding (``np.rint`` for ties to even); the
+    binade and the rounded quanta give the code, which may exceed the largest finite one."""
+    near, tie_away, tie_even, _ = flags
+    eb = i32_max(i32_and(f32_bits(v), 0x7F800000), fp[F_EMIN_B32])
+    w = v * bits_f32(i32_sub((254 + fp[F_MB]) << 23, eb))
+    t = np.floor(w)
+    frac = w - t
+    up = (frac > np.float32(0.5)) | ((frac == np.float32(0.5)) & (tie_away == 1))
+    n = np.rint(w) if tie_even == 1 else (t + np.float32(up) if near == 1 else t)
+    return i32_add(i32_shr(i32_sub(eb, fp[F_EMIN_B32]), 23 - fp[F_MB]), np.int32(n))
+
+
+@njit(cache=True, inline="always")
 def encode_fast32(y: np.float32, scale: np.float32, flags, fp) -> int:
     """``encode_fast`` of ``y * scale`` in float32 arithmetic (8 SIMD lanes instead of 4).
 
@@ -409,17 +425,11 @@ def encode_fast32(y: np.float32, scale: np.float32, flags, fp) -> int:
     rounds to +-0 either way. The integer steps are int32 (``np.int32`` conversions keep LLVM
     on 8-lane AVX2 instructions; a float-to-int64 conversion would be scalarised).
     """
-    near, tie_away, tie_even, _ = flags
+    near = flags[0]
     nan = y != y
     v = abs(y) * scale
     v = np.float32(0) if nan else min(v, np.float32(pow2(fp[F_TCLAMP])))
-    eb = i32_max(i32_and(f32_bits(v), 0x7F800000), fp[F_EMIN_B32])
-    w = v * bits_f32(i32_sub((254 + fp[F_MB]) << 23, eb))
-    t = np.floor(w)
-    frac = w - t
-    up = (frac > np.float32(0.5)) | ((frac == np.float32(0.5)) & (tie_away == 1))
-    n = np.rint(w) if tie_even == 1 else (t + np.float32(up) if near == 1 else t)
-    mag = i32_add(i32_shr(i32_sub(eb, fp[F_EMIN_B32]), 23 - fp[F_MB]), np.int32(n))
+    mag = _mag32(v, flags, fp)
     neg = f32_bits(y) < 0
     nmax = np.int32(fp[F_NMAX_N]) if neg else np.int32(fp[F_NMAX_P])
     if mag > nmax:
@@ -440,15 +450,8 @@ def encode_sat32(y: np.float32, scale: np.float32, flags, fp) -> np.int32:
     every mode) is the largest magnitude of the sign: one minimum. A positive ``mag`` is its own
     code (``0 <= mag <= F_NMAX_P < F_MASK``); the negative code is one blend by the sign bit.
     """
-    near, tie_away, tie_even, _ = flags
     v = min(abs(y) * scale, np.float32(pow2(fp[F_TCLAMP])))
-    eb = i32_max(i32_and(f32_bits(v), 0x7F800000), fp[F_EMIN_B32])
-    w = v * bits_f32(i32_sub((254 + fp[F_MB]) << 23, eb))
-    t = np.floor(w)
-    frac = w - t
-    up = (frac > np.float32(0.5)) | ((frac == np.float32(0.5)) & (tie_away == 1))
-    n = np.rint(w) if tie_even == 1 else (t + np.float32(up) if near == 1 else t)
-    mag = i32_add(i32_shr(i32_sub(eb, fp[F_EMIN_B32]), 23 - fp[F_MB]), np.int32(n))
+    mag = _mag32(v, flags, fp)
     neg = f32_bits(y) < 0
     mag = min(mag, np.int32(fp[F_NMAX_N]) if neg else np.int32(fp[F_NMAX_P]))
     ncode = i32_and(i32_add(i32_xor(mag, fp[F_XOR]), fp[F_ADD]), fp[F_MASK])

@@ -123,6 +123,16 @@ def _block_scale(algo, amax, tscale, s_enc, sfp, svals) -> tuple[int, np.float32
 
 
 @njit(cache=True, inline="always")
+def _scale_block(blk: int, algo, amax, tscale, s_enc, sfp, svals,
+                 scales) -> tuple[np.float32, bool]:
+    """Stores block ``blk``'s UE4M3 scale code; returns (factor, divide) of ``_block_scale``."""
+    ub = np.uint64(blk)
+    code, f, divide = _block_scale(algo, amax[ub], tscale, s_enc, sfp, svals)
+    scales[ub] = code
+    return f, divide
+
+
+@njit(cache=True, inline="always")
 def _elements(x, s: int, n: int, f, divide, zero_fix, flags, fp, codes) -> np.int32:
     """``codes[s:s + n]`` = codes of ``x[s:s + n] * f`` (or ``/ f``) by ``encode_sat32`` (E2M1's
     saturating parameters); ``zero_fix``: a scaled zero gets code 0 (modelopt). Returns the count
@@ -143,9 +153,7 @@ def _whole_blocks(x, b0: int, b1: int, algo, amax, tscale, s_enc, sfp, svals, fl
     """Blocks ``b0:b1`` of rows of whole blocks, for one (constant) ``algo``; NaN count."""
     n_nan = 0
     for blk in range(b0, b1):
-        ub = np.uint64(blk)
-        code, f, divide = _block_scale(algo, amax[ub], tscale, s_enc, sfp, svals)
-        scales[ub] = code
+        f, divide = _scale_block(blk, algo, amax, tscale, s_enc, sfp, svals, scales)
         n_nan += _elements(x, blk * 16, 16, f, divide, algo == MODELOPT, flags, fp, codes)
     return n_nan
 
@@ -175,9 +183,7 @@ def _task_fast(x, b0, b1, nb, length, algo, amax, tscale, s_enc, sfp, svals, fla
     """Any deterministic mode, any row length (``encode_sat32``)."""
     n_nan = 0
     for blk in range(b0, b1):
-        ub = np.uint64(blk)
-        code, f, divide = _block_scale(algo, amax[ub], tscale, s_enc, sfp, svals)
-        scales[ub] = code
+        f, divide = _scale_block(blk, algo, amax, tscale, s_enc, sfp, svals, scales)
         start, stop = _bounds(blk, nb, length)
         n_nan += _elements(x, start, stop - start, f, divide, algo == MODELOPT, flags, fp,
                            codes)
@@ -190,9 +196,7 @@ def _task_generic(x, b0, b1, nb, length, algo, amax, tscale, s_enc, sfp, svals, 
     """Stochastic rounding (``encode_one``)."""
     n_nan = 0
     for blk in range(b0, b1):
-        ub = np.uint64(blk)
-        code, f, divide = _block_scale(algo, amax[ub], tscale, s_enc, sfp, svals)
-        scales[ub] = code
+        f, divide = _scale_block(blk, algo, amax, tscale, s_enc, sfp, svals, scales)
         start, stop = _bounds(blk, nb, length)
         for i in range(start, stop):
             u = np.uint64(i)
