@@ -160,6 +160,8 @@ def run_ref(fn):
 def check_quant(fmt, x, via="cupy", axis=-1, out_dtypes=("float32",), pack=True, label="",
                 **opts):
     """Quantize on both backends, compare every field, dequantize, pack; tally per format."""
+    if ONLY and fmt not in ONLY:
+        return
     tag = f"{fmt} {x.dtype} {x.shape} axis={axis} {via} {opts} {label}"
     qr, er = run_ref(lambda: ln.quantize(x, fmt, axis=axis, backend="reference", **opts))
     xd = to_dev(x, via)
@@ -303,6 +305,7 @@ def check_encode(rng, quick):
 
 
 CHECK_DEADLINE = [1e9]
+ONLY: set[str] = set()  # --formats: the block formats checked and timed (empty: all)
 
 
 def _late() -> bool:
@@ -401,7 +404,7 @@ def run_checks(quick: bool):
                     x = data(rng, (6, 70), dt, kind)
                     check_quant(fmt, x, pack=False, out_dtypes=("float32", "bfloat16"), **o)
                 check_quant(fmt, poison_specials(data(rng, (6, 70), dt), rng), pack=False, **o)
-    if not _late():
+    if not _late() and not ONLY:
         check_encode(rng, quick)
     # the fake-quant hook against the CPU path of integrations.fakequant, if present
     try:
@@ -446,7 +449,8 @@ def timeit(fn, reps=10, warm=2):
     return float(np.median(ts)), float(np.min(ts)), float(np.max(ts))
 
 
-def run_bench(gib: float, reps: int, torchao_compile: bool, budget_s: float):
+def run_bench(gib: float, reps: int, torchao_compile: bool, budget_s: float,
+              dtypes=("bfloat16", "float32")):
     import cupy as cp
     import torch
 
@@ -493,13 +497,15 @@ def run_bench(gib: float, reps: int, torchao_compile: bool, budget_s: float):
               f"{row['frac_copy']:.2f}x copy" + ("" if not extra else f"  {extra}"))
         return row
 
-    for dtype in ("bfloat16", "float32"):
+    for dtype in dtypes:
         esize = 2 if dtype == "bfloat16" else 4
         n = nbytes // esize
         cols = n // rows
         tx = torch.randn(rows, cols, device="cuda", dtype=getattr(torch, dtype))
         xin = tx
         for fmt in ("mxfp8_e4m3", "mxfp4", "nvfp4", "hif8", "hif4"):
+            if ONLY and fmt not in ONLY:
+                continue
             spec = ln.block_format(fmt)
             ebits = spec.element.bits
             try:
@@ -620,9 +626,15 @@ def main():
     ap.add_argument("--check-budget", type=float, default=1e9, help="seconds after which the "
                     "remaining check sweeps are skipped (reported in the results)")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench/results"))
+    ap.add_argument("--formats", nargs="*", default=[], help="only these block formats "
+                    "(checks and benchmark; element-cast checks are skipped)")
+    ap.add_argument("--dtypes", nargs="*", default=["bfloat16", "float32"],
+                    help="benchmark input dtypes")
     args = ap.parse_args()
+    ONLY.update(args.formats)
     t0 = time.time()
-    info = {"command": "python " + " ".join(sys.argv), "versions": versions()}
+    info = {"command": "python " + " ".join(sys.argv), "versions": versions(),
+            "env": {k: v for k, v in os.environ.items() if k.startswith("LOWBIT_")}}
     print(json.dumps(info["versions"]))
     CHECK_DEADLINE[0] = args.check_budget
     if not args.no_check:
@@ -647,7 +659,7 @@ def main():
     if not args.no_bench:
         PARTIAL["info"], PARTIAL["out"] = info, args.out
         info["bench"] = run_bench(args.gib if not args.quick else 0.125, args.reps,
-                                  not args.no_compile, args.budget)
+                                  not args.no_compile, args.budget, tuple(args.dtypes))
     info["seconds"] = round(time.time() - t0, 1)
     _dump(info, args.out)
     print(f"total {info['seconds']} s")

@@ -61,6 +61,12 @@ extern "C" __global__ void mx_quant(const in_t *__restrict__ x, const u32 *__res
     i64 total = rows * nb * L;
     i64 tid = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     Pos p = block_pos(tid, total, nb);
+#if BF16X2
+    u32 w[V / 2];
+    load_words(x, p, w);
+    bits_t amax, big;
+    words_amax(w, amax, big);
+#else
     bits_t v[V];
     load_vals(x, p, length, v);
     bits_t amax = 0, big = 0;
@@ -70,6 +76,7 @@ extern "C" __global__ void mx_quant(const in_t *__restrict__ x, const u32 *__res
         amax = max(amax, a < BITS_INF ? a : (bits_t)0);
         big = max(big, a);
     }
+#endif
     amax = lane_max(amax);
     big = lane_max(big);
     bool has_nan = big > BITS_INF, has_inf = big == BITS_INF;
@@ -86,6 +93,17 @@ extern "C" __global__ void mx_quant(const in_t *__restrict__ x, const u32 *__res
     if (nanblk) scode = 0xFF;
     if (DIVISOR == 1) k = max(k, -126);
     else if (DIVISOR == 2 && scode == 0) k = 0;
+#if BF16X2
+    /* 2**-k as bfloat16 in both halves: k <= 126 here (a finite bfloat16 amax is below 2**128
+       and the element formats of this path have emax >= 2) */
+    u32 p2 = (u32)(127 - k) << 7;
+    p2 |= p2 << 16;
+    u32 keep = nanblk ? 0u : 0xFFFFFFFFu;
+    u32 cw[V / 2];
+#pragma unroll
+    for (int h = 0; h < V / 2; h++) cw[h] = EL_near2(w[h], p2) & keep;
+    store_code_words(codes, p, cw);
+#else
     int c[V];
 #if FASTENC
     /* y = x * 2**-k in float32: exact unless below 2**-126, where every code is zero anyway */
@@ -132,6 +150,7 @@ extern "C" __global__ void mx_quant(const in_t *__restrict__ x, const u32 *__res
     }
 #endif
     store_codes(codes, p, length, nb, c);
+#endif
     if (p.valid && p.lane == 0) scales[scale_index(p, rows, nb)] = (unsigned char)scode;
 }
 """
@@ -240,7 +259,7 @@ def quant_source(fmt: BlockFormat, opts: ref.MXOptions, in_kind: int, length: in
                                wide=_wide(in_kind), extra=extra)
     enc = cc.encoder_source("EL", elem, True, opts.rounding)
     prologue, tab_arg = cc.table_prologue("EL", elem, True)
-    fast = ""
+    fast, pair = "", None
     if not use64 and alpha is None:
         # the hardware conversion only meets finite values (Inf blocks are NaN blocks)
         hw = sp[S_INF] == kmx.INF_NAN
@@ -250,10 +269,33 @@ def quant_source(fmt: BlockFormat, opts: ref.MXOptions, in_kind: int, length: in
         else:
             fast = cc.nearest_source("EL", elem, True, opts.rounding, bounded=hw) or ""
             defs += "#define FASTENC 1\n" if fast else ""
+            if fast and hw:
+                pair = _pair_source(elem, opts, sp, in_kind, length, fmt.block_size, pack)
     defs += "" if fast else "#define FASTENC 0\n"
-    return (cc.prelude(in_kind) + defs + cc.BLOCK_IO + enc + fast + SCALE_SRC
+    defs += f"#define BF16X2 {int(pair is not None)}\n"
+    return (cc.prelude(in_kind) + defs + cc.BLOCK_IO + enc + fast + (pair or "") + SCALE_SRC
             + f"#define TABLE_PROLOGUE {prologue.replace(chr(10), ' ')}\n"
             + f"#define EL_ARG {tab_arg}\n" + QUANT_SRC)
+
+
+def _pair_source(elem, opts: ref.MXOptions, sp, in_kind: int, length: int, block: int,
+                 pack: int) -> str | None:
+    """``cupy_bf16x2``'s element path where it applies: bfloat16 input in rows of whole blocks
+    of 16-element lanes, codes unpacked or packed FP4 nibbles, round to nearest even, no
+    zero-sign code, an element format with ``emax >= 2`` (so ``k <= 126``), sm_90;
+    ``LOWBIT_CUPY_BF16X2=0`` turns it off."""
+    import os
+
+    from . import cupy_bf16x2
+    from .cupy_params import S_ZERO_CODE
+
+    if os.environ.get("LOWBIT_CUPY_BF16X2", "1") == "0" or cc.compute_capability() < 90:
+        return None
+    if in_kind != 1 or length % block or cc.lanes(in_kind, block, True) != 16 \
+            or pack not in (0, 4) or opts.rounding != "nearest_even" or sp[S_ZERO_CODE] >= 0 \
+            or elem.emax < 2:
+        return None
+    return cupy_bf16x2.near2_source("EL", elem)
 
 
 def quantize_dev(x, fmt: BlockFormat, opts: ref.MXOptions, axis: int = -1,

@@ -1,0 +1,148 @@
+"""Two bfloat16 elements per 32-bit word: the MX quantizer's element path for bfloat16 input.
+
+For a bfloat16 input whose rows are whole blocks, the MX kernel keeps the loaded words packed
+and does its per-element work on pairs (sm_90 PTX: ``max.u16x2``, ``min.u16x2``,
+``mul.rn.bf16x2``, ``add.rn.bf16x2``, and 32-bit integer adds whose halves never carry or
+borrow into each other):
+
+* the block amax: one ``max.u16x2`` per word on the magnitude bits (the finite amax is taken
+  element by element only where a lane holds an Inf or NaN);
+* the element codes: ``<name>_near2``, the ``cupy_core.NEAREST_TEMPLATE`` addition trick in
+  bfloat16 arithmetic (below), two codes per word;
+* NaN blocks zero their codes with one mask per word, and the codes are stored by byte
+  permutes.
+
+``<name>_near2(w, p2)``: ``w`` holds two bfloat16 inputs (element ``j`` in the low half, ``j+1``
+in the high half), ``p2`` the scale ``2**-k`` as bfloat16 in both halves. Per half, ``y = |x| *
+2**-k`` is exact (a power of two; a product below bfloat16's normal range lies below 2**-126,
+where every element code is +-0), ``eb`` is the exponent field of ``y`` clamped below to the
+format's minimum binade, and ``y + M`` with ``M = 2**(eb - mb + 7)`` (bfloat16 ulp of ``M`` =
+the quantum ``2**(eb - mb)``) rounds ``y`` to ``n`` quanta with ties to even, exactly, because
+``y < 2**(eb + 1) <= 2 M`` for ``mb <= 6``. The code is ``((eb - emin) << mb) + n``, clamped to
+the code of max; the sign is moved from bit 15 to the format's sign bit. It applies where
+``cupy_core.nearest_params(spec, True, "nearest_even", bounded=True)`` does (MX elements after
+the scale: finite, ``|y| < 2**(emax + 2)``) and ``mb <= 6``. ``tests/test_kernels_gpu.py``
+emulates it in NumPy against the reference over every bfloat16 input; ``bench/gpu_check.py``
+runs it.
+"""
+
+from __future__ import annotations
+
+from lowbit.numerics.formats import ElementFormat
+
+from .cupy_core import nearest_params
+
+PTX_SRC = r"""
+__device__ __forceinline__ u32 u16x2_max(u32 a, u32 b) {
+    u32 d; asm("max.u16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b)); return d;
+}
+__device__ __forceinline__ u32 u16x2_min(u32 a, u32 b) {
+    u32 d; asm("min.u16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b)); return d;
+}
+__device__ __forceinline__ u32 bf16x2_mul(u32 a, u32 b) {
+    u32 d; asm("mul.rn.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b)); return d;
+}
+__device__ __forceinline__ u32 bf16x2_add(u32 a, u32 b) {
+    u32 d; asm("add.rn.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b)); return d;
+}
+"""
+
+NEAR2_TEMPLATE = r"""
+/* {name}_near2: two codes (low and high half) of two bfloat16 inputs times p2 = 2**-k (both
+   halves), round to nearest even, saturating; inputs finite with |x * 2**-k| < 2**(emax + 2).
+   See kernels/cupy_bf16x2.py. */
+__device__ __forceinline__ u32 {name}_near2(u32 w, u32 p2) {{
+    u32 y = bf16x2_mul(w & 0x7FFF7FFFu, p2);
+    u32 eb = u16x2_max(y & 0x7F807F80u, {emin2}u);
+    u32 mbits = eb + {moff2}u;
+    u32 n = bf16x2_add(y, mbits) - mbits;
+    u32 code = u16x2_min(n + ((eb - {emin2}u) >> {shift}), {maxc2}u);
+    return code | ((w >> {sign_down}) & {sign2}u);
+}}
+"""
+
+WORDS_SRC = r"""
+/* The V / 2 words (two bfloat16 each) of a lane of an aligned row. */
+__device__ __forceinline__ void load_words(const in_t *__restrict__ x, const Pos &p,
+                                           u32 w[V / 2]) {
+    if (!p.valid) {
+#pragma unroll
+        for (int h = 0; h < V / 2; h++) w[h] = 0;
+        return;
+    }
+    const uint4 *q = reinterpret_cast<const uint4 *>(x + p.blk * B + (i64)p.lane * V);
+#pragma unroll
+    for (int h = 0; h < V / 8; h++) {
+        uint4 u = __ldcs(q + h);
+        w[4 * h] = u.x; w[4 * h + 1] = u.y; w[4 * h + 2] = u.z; w[4 * h + 3] = u.w;
+    }
+}
+
+/* (finite amax, amax with Inf/NaN) of a lane's words, as float32 bit patterns. */
+__device__ __forceinline__ void words_amax(const u32 w[V / 2], u32 &amax, u32 &big) {
+    u32 m = 0;
+#pragma unroll
+    for (int h = 0; h < V / 2; h++) m = u16x2_max(m, w[h] & 0x7FFF7FFFu);
+    u32 b = max(m >> 16, m & 0xFFFFu);
+    u32 a = b;
+    if (b >= 0x7F80u) {
+        a = 0;
+#pragma unroll
+        for (int h = 0; h < V / 2; h++) {
+            u32 lo = w[h] & 0x7FFFu, hi = (w[h] >> 16) & 0x7FFFu;
+            a = max(a, lo < 0x7F80u ? lo : 0u);
+            a = max(a, hi < 0x7F80u ? hi : 0u);
+        }
+    }
+    amax = a << 16;
+    big = b << 16;
+}
+
+/* Stores the code words of a lane (V = 16; code j in the low half of word j / 2 for even j,
+   the high half for odd j): PACK 0 bytes, PACK 4 nibbles (element j in the low nibble for even
+   j, as numerics.packing). */
+__device__ __forceinline__ void store_code_words(unsigned char *__restrict__ out, const Pos &p,
+                                                 const u32 cw[V / 2]) {
+    if (!p.valid) return;
+#if PACK == 0
+    u32 b[V / 4];
+#pragma unroll
+    for (int h = 0; h < V / 4; h++) b[h] = __byte_perm(cw[2 * h], cw[2 * h + 1], 0x6420);
+    *reinterpret_cast<uint4 *>(out + p.blk * B + (i64)p.lane * V) =
+        make_uint4(b[0], b[1], b[2], b[3]);
+#else
+    u32 t[V / 2];
+#pragma unroll
+    for (int h = 0; h < V / 2; h++) t[h] = cw[h] | (cw[h] >> 12);
+    u32 b[V / 8];
+#pragma unroll
+    for (int h = 0; h < V / 8; h++)
+        b[h] = __byte_perm(__byte_perm(t[4 * h], t[4 * h + 1], 0x0040),
+                           __byte_perm(t[4 * h + 2], t[4 * h + 3], 0x0040), 0x5410);
+    *reinterpret_cast<uint2 *>(out + (p.blk * B + (i64)p.lane * V) / 2) = make_uint2(b[0], b[1]);
+#endif
+}
+"""
+
+
+def near2_params(spec: ElementFormat) -> dict | None:
+    """Constants of ``NEAR2_TEMPLATE`` for ``spec`` (RNE, saturating, bounded), or None."""
+    p = nearest_params(spec, True, "nearest_even", bounded=True)
+    if p is None or p["mb"] > 6 or p["sign_shift"] is None:
+        return None
+    emin = p["emin_b"] << 7
+
+    def pair(v: int) -> int:
+        return v | (v << 16)
+
+    return dict(emin2=pair(emin), moff2=pair((7 - p["mb"]) << 7), shift=7 - p["mb"],
+                maxc2=pair(p["maxc"]), sign_down=15 - p["sign_shift"],
+                sign2=pair(1 << p["sign_shift"]))
+
+
+def near2_source(name: str, spec: ElementFormat) -> str | None:
+    """CUDA source of ``<name>_near2`` and the word helpers, or None where it does not apply."""
+    p = near2_params(spec)
+    if p is None:
+        return None
+    return PTX_SRC + NEAR2_TEMPLATE.format(name=name, **p) + WORDS_SRC
