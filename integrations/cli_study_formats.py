@@ -62,7 +62,7 @@ def add_formats(subparsers) -> None:
 
 def command_line(args: argparse.Namespace) -> str:
     flags = ("no_stats", "stats_only", "append")
-    skip = ("run", "command", "study", "quiet", "notes", *flags)
+    skip = ("run", "command", "study", "quiet", "notes", "argv", *flags)
     parts = ["lowbit study formats"]
     for k, v in vars(args).items():
         if k not in skip:

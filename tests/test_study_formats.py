@@ -162,10 +162,12 @@ def test_study_formats_cli_on_tiny_model(tmp_path, capsys):
     notes.write_text("## Reading\n\ntiny.\n")
     args = parser.parse_args(base + ["--models", "tiny-qwen2", "--stats-only", "--append",
                                      "--notes", str(notes)])
+    args.argv = ["study", *base]  # as set by cli.main
     assert args.run(args) == 0
     res = json.loads((tmp_path / "sf.json").read_text())
     assert [e["model"] for e in res["models"]] == ["tiny-llama", "tiny-qwen2"]
     assert len(res["commands"]) == 2 and "--append" in res["commands"][1]
+    assert "--argv" not in res["commands"][1]
     llama, qwen = res["models"]
     assert [r["setting"] for r in llama["rows"]] == ["none"] + ["wa"] * 3 + ["kv"] * 3
     assert [r["bits"] for r in llama["rows"]] == [16, 8, 8, 4, 8, 8, 4]
