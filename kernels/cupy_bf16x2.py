@@ -1,7 +1,8 @@
-"""Two bfloat16 elements per 32-bit word: the MX quantizer's element path for bfloat16 input.
+"""Two bfloat16 elements per 32-bit word: the MX and NVFP4 quantizers' element path for
+bfloat16 input.
 
-For a bfloat16 input whose rows are whole blocks, the MX kernel keeps the loaded words packed
-and does its per-element work on pairs (sm_90 PTX: ``max.u16x2``, ``min.u16x2``,
+For a bfloat16 input whose rows are whole blocks, the kernels keep the loaded words packed
+and do their per-element work on pairs (sm_90 PTX: ``max.u16x2``, ``min.u16x2``,
 ``mul.rn.bf16x2``, ``add.rn.bf16x2``, and 32-bit integer adds whose halves never carry or
 borrow into each other):
 
@@ -12,6 +13,12 @@ borrow into each other):
 * NaN blocks zero their codes with one mask per word, and the codes are stored by byte
   permutes.
 
+MX scales by a power of two, exactly in bfloat16 (``scaled``). NVFP4 multiplies by a float32
+factor: each product is rounded in float32 as the reference does, then to odd into a bfloat16
+pair (``bf16x2_odd``: truncate, set the last bit where inexact), which the unscaled, clamped
+encoder rounds to E2M1 as if from the float32 value (rounding to odd with at least two extra
+bits, 8 >= 2 + 2, makes the second rounding exact).
+
 ``<name>_near2(w, p2)``: ``w`` holds two bfloat16 inputs (element ``j`` in the low half, ``j+1``
 in the high half), ``p2`` the scale ``2**-k`` as bfloat16 in both halves. Per half, ``y = |x| *
 2**-k`` is exact (a power of two; a product below bfloat16's normal range lies below 2**-126,
@@ -20,10 +27,11 @@ format's minimum binade, and ``y + M`` with ``M = 2**(eb - mb + 7)`` (bfloat16 u
 the quantum ``2**(eb - mb)``) rounds ``y`` to ``n`` quanta with ties to even, exactly, because
 ``y < 2**(eb + 1) <= 2 M`` for ``mb <= 6``. The code is ``((eb - emin) << mb) + n``, clamped to
 the code of max; the sign is moved from bit 15 to the format's sign bit. It applies where
-``cupy_core.nearest_params(spec, True, "nearest_even", bounded=True)`` does (MX elements after
-the scale: finite, ``|y| < 2**(emax + 2)``) and ``mb <= 6``. ``tests/test_kernels_gpu.py``
-emulates it in NumPy against the reference over every bfloat16 input; ``bench/gpu_check.py``
-runs it.
+``cupy_core.nearest_params(spec, True, "nearest_even", bounded=...)`` does and ``mb <= 6``;
+bounded (MX elements after the scale: finite, ``|y| < 2**(emax + 2)``), or with the binade
+clamped at ``emax + 1`` so that any ``y``, Inf included, saturates (NVFP4).
+``tests/test_kernels_bf16x2.py`` emulates every step in NumPy against the reference (every
+bfloat16 input at many scales, whole MX and NVFP4 blocks); ``bench/gpu_check.py`` runs it.
 """
 
 from __future__ import annotations
@@ -48,17 +56,27 @@ __device__ __forceinline__ u32 bf16x2_add(u32 a, u32 b) {
 """
 
 NEAR2_TEMPLATE = r"""
-/* {name}_near2: two codes (low and high half) of two bfloat16 inputs times p2 = 2**-k (both
-   halves), round to nearest even, saturating; inputs finite with |x * 2**-k| < 2**(emax + 2).
-   See kernels/cupy_bf16x2.py. */
-__device__ __forceinline__ u32 {name}_near2(u32 w, u32 p2) {{
-    u32 y = bf16x2_mul(w & 0x7FFF7FFFu, p2);
-    u32 eb = u16x2_max(y & 0x7F807F80u, {emin2}u);
+/* {name}_near2: two codes (low and high half) of two bfloat16 inputs{scaled_doc}, round to
+   nearest even, saturating{bound_doc}. See kernels/cupy_bf16x2.py. */
+__device__ __forceinline__ u32 {name}_near2(u32 w{p2_arg}) {{
+    u32 y = {y};
+    u32 eb = {eb};
     u32 mbits = eb + {moff2}u;
     u32 n = bf16x2_add(y, mbits) - mbits;
     u32 code = u16x2_min(n + ((eb - {emin2}u) >> {shift}), {maxc2}u);
     return code | ((w >> {sign_down}) & {sign2}u);
 }}
+"""
+
+ODD_SRC = r"""
+/* Two float32 values (bits lo, hi) as a bfloat16 pair rounded to odd (truncated, the last bit
+   set where inexact): rounding it to at most 6 significant bits equals rounding the float32
+   values themselves. */
+__device__ __forceinline__ u32 bf16x2_odd(u32 lo, u32 hi) {
+    u32 t = __byte_perm(lo, hi, 0x7632);
+    u32 r = __byte_perm(lo, hi, 0x5410);
+    return t | (((((r & 0x7FFF7FFFu) + 0x7FFF7FFFu) | r) >> 15) & 0x00010001u);
+}
 """
 
 WORDS_SRC = r"""
@@ -125,24 +143,38 @@ __device__ __forceinline__ void store_code_words(unsigned char *__restrict__ out
 """
 
 
-def near2_params(spec: ElementFormat) -> dict | None:
-    """Constants of ``NEAR2_TEMPLATE`` for ``spec`` (RNE, saturating, bounded), or None."""
-    p = nearest_params(spec, True, "nearest_even", bounded=True)
+def near2_params(spec: ElementFormat, bounded: bool = True) -> dict | None:
+    """Constants of ``NEAR2_TEMPLATE`` for ``spec`` (RNE, saturating), or None. ``bounded``:
+    inputs are finite with ``|y| < 2**(emax + 2)`` (no upper clamp of the binade); otherwise
+    the binade is clamped at ``emax + 1`` and every finite or infinite ``y`` saturates."""
+    p = nearest_params(spec, True, "nearest_even", bounded=bounded)
     if p is None or p["mb"] > 6 or p["sign_shift"] is None:
         return None
-    emin = p["emin_b"] << 7
 
     def pair(v: int) -> int:
         return v | (v << 16)
 
-    return dict(emin2=pair(emin), moff2=pair((7 - p["mb"]) << 7), shift=7 - p["mb"],
+    return dict(emin2=pair(p["emin_b"] << 7), moff2=pair((7 - p["mb"]) << 7), shift=7 - p["mb"],
                 maxc2=pair(p["maxc"]), sign_down=15 - p["sign_shift"],
-                sign2=pair(1 << p["sign_shift"]))
+                sign2=pair(1 << p["sign_shift"]),
+                eclamp2=None if bounded else pair(p["eclamp_b"] << 7))
 
 
-def near2_source(name: str, spec: ElementFormat) -> str | None:
-    """CUDA source of ``<name>_near2`` and the word helpers, or None where it does not apply."""
-    p = near2_params(spec)
+def near2_source(name: str, spec: ElementFormat, scaled: bool = True,
+                 bounded: bool = True) -> str | None:
+    """CUDA source of ``<name>_near2`` and the word helpers, or None where it does not apply.
+    ``scaled``: ``<name>_near2(w, p2)`` multiplies by ``p2`` (a power of two per half, MX);
+    otherwise ``<name>_near2(w)`` encodes ``w`` as it is (a pair from ``bf16x2_odd``)."""
+    p = near2_params(spec, bounded)
     if p is None:
         return None
-    return PTX_SRC + NEAR2_TEMPLATE.format(name=name, **p) + WORDS_SRC
+    eb = f"u16x2_max(y & 0x7F807F80u, {p['emin2']}u)"
+    if p["eclamp2"] is not None:
+        eb = f"u16x2_min({eb}, {p['eclamp2']}u)"
+    fields = dict(
+        name=name, eb=eb, p2_arg=", u32 p2" if scaled else "",
+        y="bf16x2_mul(w & 0x7FFF7FFFu, p2)" if scaled else "w & 0x7FFF7FFFu",
+        scaled_doc=" times p2 = 2**-k (both halves)" if scaled else "",
+        bound_doc="; inputs finite with |y| < 2**(emax + 2)" if bounded else "",
+        **{k: v for k, v in p.items() if k != "eclamp2"})
+    return PTX_SRC + NEAR2_TEMPLATE.format(**fields) + ODD_SRC + WORDS_SRC

@@ -51,36 +51,77 @@ extern "C" __global__ void nv_amax(const in_t *__restrict__ x, i64 n, u32 *__res
 """
 
 QUANT_SRC = r"""
-#define f32min f32_min
-#define f32max f32_max
-
-__device__ __forceinline__ int ue4m3(float s, float &sv, const int *tab) {
+__device__ __forceinline__ int ue4m3(float s, const int *tab) {
 #if SCFAST
-    int c = SC_near(__float_as_uint(s));   /* 0 <= s <= 448 */
+    return SC_near(__float_as_uint(s));   /* 0 <= s <= 448 */
 #else
     Mag<u32> m = mag_f32(__float_as_uint(s));
-    int c = SC_enc<u32>(m, 0, 0u, 0, tab);
+    return SC_enc<u32>(m, 0, 0u, 0, tab);
 #endif
-    sv = __uint_as_float(SCLUT[c]);
-    return c;
 }
 
-extern "C" __global__ void nv_quant(const in_t *__restrict__ x, const u32 *__restrict__ gbits,
+/* consts[i] = the element factor of scale code i (multiply by it; modelopt divides) and
+   consts[SC_N] = the algorithm's per-tensor constant, in the reference's float32 op order; one
+   small launch before nv_quant. */
+extern "C" __global__ void nv_consts(const u32 *__restrict__ gbits,
+                                     float *__restrict__ consts) {
+    const float FMAX = 3.4028234663852886e38f, one = 1.0f, e_max = 6.0f;
+    int i = threadIdx.x;
+    if (i >= SC_N) return;
+    float g = __uint_as_float(gbits[0]), c, fac;
+    float sv = __uint_as_float(SCLUT[i]);
+#if ALGO == 0
+    float s_enc = f32_is_zero(g) ? one : f32_min(f32_div(2688.0f, g), FMAX);
+    float s_dec = f32_div(one, s_enc);
+    c = f32_mul(s_enc, f32_div(one, e_max));
+    fac = f32_min(f32_div(one, f32_mul(sv, s_dec)), FMAX);
+#else
+    float s = f32_div(g, 2688.0f);
+    c = f32_is_zero(s) ? one : s;
+#if ALGO == 1
+    fac = f32_div(f32_div(one, c), sv);
+#else
+    fac = f32_mul(sv, c);
+#endif
+#endif
+    consts[i] = fac;
+    if (i == 0) consts[SC_N] = c;
+}
+
+extern "C" __global__ void nv_quant(const in_t *__restrict__ x,
+                                    const float *__restrict__ consts,
                                     const u32 *__restrict__ rb, int nbits,
                                     unsigned char *__restrict__ codes,
                                     unsigned char *__restrict__ scales, u32 *__restrict__ err,
                                     i64 rows, i64 length, i64 nb) {
+#if !SCFAST
     __shared__ int SC_sh[4 * SC_SLOTS];
     for (int i = threadIdx.x; i < 4 * SC_SLOTS; i += blockDim.x) SC_sh[i] = SC_TAB[i];
-    EL_PROLOGUE
     __syncthreads();
+#else
+    const int *SC_sh = 0;
+#endif
+    EL_PROLOGUE
+    __shared__ float FAC[SC_N + 1];
     const float FMAX = 3.4028234663852886e38f, one = 1.0f, e_max = 6.0f, s_max = 448.0f;
-    float g = __uint_as_float(gbits[0]);
     i64 total = rows * nb * L;
     i64 tid = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     Pos p = block_pos(tid, total, nb);
+#if BF16X2
+    u32 w[V / 2];
+    load_words(x, p, w);
+#else
     bits_t raw[V];
     load_vals(x, p, length, raw);
+#endif
+    /* while the input loads are in flight: the per-tensor constants, shared by the block */
+    for (int i = threadIdx.x; i <= SC_N; i += blockDim.x) FAC[i] = __ldg(consts + i);
+    __syncthreads();
+    const float TC = FAC[SC_N];
+#if BF16X2
+    u32 am, big;
+    words_amax(w, am, big);
+#else
     u32 v[V];
     u32 am = 0, big = 0;
 #pragma unroll
@@ -97,32 +138,44 @@ extern "C" __global__ void nv_quant(const in_t *__restrict__ x, const u32 *__res
         am = max(am, a);
         big = max(big, a);
     }
+#endif
     am = lane_max(am);
     float amax = __uint_as_float(am);
-    float sv, factor;
-    int code;
 #if ALGO == 0
-    float s_enc = f32_is_zero(g) ? one : f32min(f32_div(2688.0f, g), FMAX);
-    float s_dec = f32_div(one, s_enc);
-    float sb = f32min(f32_mul(amax, f32_mul(s_enc, f32_div(one, e_max))), FMAX);
-    code = ue4m3(f32min(sb, s_max), sv, SC_sh);
-    factor = f32min(f32_div(one, f32_mul(sv, s_dec)), FMAX);
+    int code = ue4m3(f32_min(f32_min(f32_mul(amax, TC), FMAX), s_max), SC_sh);
 #elif ALGO == 1
-    float s = f32_div(g, 2688.0f);
-    s = f32_is_zero(s) ? one : s;
-    float t = f32_div(f32_div(amax, e_max), s);
-    code = ue4m3(f32min(f32max(t, 0.015625f), s_max), sv, SC_sh);
-    factor = f32_div(f32_div(one, s), sv);
+    float t = f32_div(f32_div(amax, e_max), TC);
+    int code = ue4m3(f32_min(f32_max(t, 0.015625f), s_max), SC_sh);
 #else
-    float s = f32_div(g, 2688.0f);
-    s = f32_is_zero(s) ? one : s;
-    float t = f32_div(amax, f32_mul(e_max, s));
+    float t = f32_div(amax, f32_mul(e_max, TC));
     t = f32_is_zero(t) ? one : t;
-    code = ue4m3(f32min(f32max(t, 0.001953125f), s_max), sv, SC_sh);
-    factor = f32_mul(sv, s);
+    int code = ue4m3(f32_min(f32_max(t, 0.001953125f), s_max), SC_sh);
 #endif
-    int c[V];
+    float factor = FAC[code];
     u32 bad = (big >= 0x7F800000u) ? 1u : 0u;
+#if BF16X2
+    /* a NaN product needs a zero or infinite factor (finite inputs): checked only then */
+    u32 fb = __float_as_uint(factor);
+    bool risky = fb == 0 || fb >= 0x7F800000u;
+    u32 cw[V / 2];
+#pragma unroll
+    for (int h = 0; h < V / 2; h++) {
+        u32 y0 = __float_as_uint(f32_mul(__uint_as_float(w[h] << 16), factor));
+        u32 y1 = __float_as_uint(f32_mul(__uint_as_float(w[h] & 0xFFFF0000u), factor));
+        cw[h] = EL_near2(bf16x2_odd(y0, y1));
+    }
+    if (risky) {
+#pragma unroll
+        for (int h = 0; h < V / 2; h++) {
+            float y0 = f32_mul(__uint_as_float(w[h] << 16), factor);
+            float y1 = f32_mul(__uint_as_float(w[h] & 0xFFFF0000u), factor);
+            if (f32_is_nan(y0) || f32_is_nan(y1)) bad |= 2u;
+        }
+    }
+    if (p.valid && bad) atomicOr(err, bad);
+    store_code_words(codes, p, cw);
+#else
+    int c[V];
 #pragma unroll
     for (int j = 0; j < V; j++) {
         float xv = __uint_as_float(v[j]);
@@ -148,6 +201,7 @@ extern "C" __global__ void nv_quant(const in_t *__restrict__ x, const u32 *__res
     }
     if (p.valid && bad) atomicOr(err, bad);
     store_codes(codes, p, length, nb, c);
+#endif
     if (p.valid && p.lane == 0) scales[scale_index(p, rows, nb)] = (unsigned char)code;
 }
 """
@@ -182,19 +236,40 @@ def quant_source(fmt: BlockFormat, opts: ref.NVFP4Options, in_kind: int, length:
     fast = cc.nearest_source("EL", fmt.element, True, opts.rounding) or ""
     defs += f"#define FASTENC {int(bool(fast))}\n"
     enc += fast
+    pair = _pair_source(fmt, opts, in_kind, length, pack)
+    defs += f"#define BF16X2 {int(pair is not None)}\n"
+    enc += pair or ""
     sc = cc.encoder_source("SC", fmt.scale, True, "nearest_even")
     sc_fast = cc.nearest_source("SC", fmt.scale, True, "nearest_even", nonnegative=True) or ""
     defs += f"#define SCFAST {int(bool(sc_fast))}\n"
     sc += sc_fast
     assert cc.uses_table(fmt.scale, True)
     prologue, tab_arg = cc.table_prologue("EL", fmt.element, True)
-    prologue = prologue.replace("__syncthreads();", "")
     sbits = fmt.scale.values.astype(np.float32).view(np.uint32)
-    sclut = (f"__constant__ u32 SCLUT[{fmt.scale.n_codes}] = {{ "
+    sclut = (f"#define SC_N {fmt.scale.n_codes}\n__constant__ u32 SCLUT[SC_N] = {{ "
              + ", ".join(f"{int(v)}u" for v in sbits) + " };\n")
     return (cc.prelude(in_kind) + defs + cc.BLOCK_IO + enc + sc + sclut
             + f"#define EL_PROLOGUE {prologue.replace(chr(10), ' ')}\n"
             + f"#define EL_ARG {tab_arg}\n" + QUANT_SRC)
+
+
+def _pair_source(fmt: BlockFormat, opts: ref.NVFP4Options, in_kind: int, length: int,
+                 pack: int) -> str | None:
+    """``cupy_bf16x2``'s element path where it applies: bfloat16 input in rows of whole blocks,
+    codes unpacked or packed, round to nearest even, the multiplying algorithms (not modelopt:
+    its division and zero rule), sm_90; ``LOWBIT_CUPY_BF16X2=0`` turns it off. Each float32
+    product ``x * factor`` is rounded to odd into a bfloat16 pair, then encoded two at a time."""
+    import os
+
+    from . import cupy_bf16x2
+
+    if os.environ.get("LOWBIT_CUPY_BF16X2", "1") == "0" or cc.compute_capability() < 90:
+        return None
+    if in_kind != 1 or length % fmt.block_size or pack not in (0, 4) \
+            or opts.rounding != "nearest_even" or opts.algorithm == "modelopt" \
+            or cc.lanes(in_kind, fmt.block_size, True) != 16:
+        return None
+    return cupy_bf16x2.near2_source("EL", fmt.element, scaled=False, bounded=False)
 
 
 def global_amax_dev(arr2, in_kind: int):
@@ -254,8 +329,10 @@ def quantize_dev(x, fmt: BlockFormat, opts: ref.NVFP4Options, axis: int = -1,
                              lambda r: cc.rows_of(r, b))
     err = cp.zeros(1, dtype=cp.uint32)
     v = cc.lanes(in_kind, fmt.block_size, True)
+    consts = cp.empty(fmt.scale.n_codes + 1, cp.float32)
+    cc.kernel(src, "nv_consts")((1,), (fmt.scale.n_codes,), (gbits, consts))
     cc.launch(cc.kernel(src, "nv_quant"), rows * nb * (fmt.block_size // v),
-              (x2, gbits, rb, np.int32(nbits), codes, scales, err, np.int64(rows),
+              (x2, consts, rb, np.int32(nbits), codes, scales, err, np.int64(rows),
                np.int64(length), np.int64(nb)))
     return codes, scales, b, gbits, err
 

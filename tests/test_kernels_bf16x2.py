@@ -55,17 +55,32 @@ def _bf16x2(op, a: np.ndarray, b: np.ndarray | int) -> np.ndarray:
     return _pair(*(_bf16_rne(op(_bf16_value(x), _bf16_value(y))) for x, y in ((a0, b0), (a1, b1))))
 
 
-def _near2(w: np.ndarray, p2: np.ndarray | int, prm: dict) -> np.ndarray:
+def _near2(w: np.ndarray, p2: np.ndarray | int | None, prm: dict) -> np.ndarray:
     """``NEAR2_TEMPLATE`` with ``near2_params`` on uint32 words (held in int64), op by op;
-    32-bit integer adds and shifts act on the whole word, as in the kernel."""
+    32-bit integer adds and shifts act on the whole word, as in the kernel. ``p2`` None: the
+    unscaled form."""
     m32 = 0xFFFFFFFF
-    y = _bf16x2(np.multiply, w & 0x7FFF7FFF, p2)
+    y = w & 0x7FFF7FFF if p2 is None else _bf16x2(np.multiply, w & 0x7FFF7FFF, p2)
     eb = _u16x2(np.maximum, y & 0x7F807F80, prm["emin2"])
+    if prm["eclamp2"] is not None:
+        eb = _u16x2(np.minimum, eb, prm["eclamp2"])
     mbits = (eb + prm["moff2"]) & m32
     n = (_bf16x2(np.add, y, mbits) - mbits) & m32
     code = _u16x2(np.minimum, (n + (((eb - prm["emin2"]) & m32) >> prm["shift"])) & m32,
                   prm["maxc2"])
     return code | ((w >> prm["sign_down"]) & prm["sign2"])
+
+
+def _byte_perm(a: np.ndarray, b: np.ndarray, sel: int) -> np.ndarray:
+    src = [(a >> (8 * i)) & 0xFF for i in range(4)] + [(b >> (8 * i)) & 0xFF for i in range(4)]
+    return sum(src[(sel >> (4 * i)) & 7] << (8 * i) for i in range(4))
+
+
+def _odd(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """``bf16x2_odd`` on float32 bit patterns (int64), op by op."""
+    t = _byte_perm(lo, hi, 0x7632)
+    r = _byte_perm(lo, hi, 0x5410)
+    return t | (((((r & 0x7FFF7FFF) + 0x7FFF7FFF) | r) >> 15) & 0x00010001)
 
 
 def _bf16_bits(x: np.ndarray) -> np.ndarray:
@@ -105,11 +120,6 @@ def _words_amax(w: np.ndarray) -> np.ndarray:
     halves = np.concatenate(_halves(w), axis=1)
     finite = np.where(halves < 0x7F80, halves, 0).max(axis=1)
     return np.where(b >= 0x7F80, finite, b)
-
-
-def _byte_perm(a: np.ndarray, b: np.ndarray, sel: int) -> np.ndarray:
-    src = [(a >> (8 * i)) & 0xFF for i in range(4)] + [(b >> (8 * i)) & 0xFF for i in range(4)]
-    return sum(src[(sel >> (4 * i)) & 7] << (8 * i) for i in range(4))
 
 
 @pytest.mark.parametrize("rule", ["floor", "ceil", "rceil", "even"])
@@ -170,3 +180,82 @@ def test_bf16x2_path_chosen_where_it_applies():
     with mock.patch.object(cc, "compute_capability", lambda: 80):
         assert "#define BF16X2 0" in src("mxfp4")
     cupy_mx.quant_source.cache_clear()
+
+
+def _f32_bits(y: np.ndarray) -> np.ndarray:
+    return y.astype(np.float32).view(np.uint32).astype(np.int64)
+
+
+def test_odd_pair_then_near2_equals_float32_rounding():
+    """Rounding float32 values to odd bfloat16 pairs, then the unscaled, clamped pair encoder,
+    equals E2M1 round-to-nearest-even of the float32 values: every E2M1 midpoint and value with
+    its float32 neighbours, subnormals, huge values and Inf (saturate), random values."""
+    spec = ln.element_format("e2m1")
+    prm = bx.near2_params(spec, bounded=False)
+    pos = np.unique(np.abs(spec.values))
+    top = np.append(pos, 2 * pos[-1])
+    pts = np.concatenate([pos, (top[1:] + top[:-1]) / 2, [6.5, 7.0, 8.0, 12.0, 16.0]])
+    u = _f32_bits(pts)
+    near = np.concatenate([u + d for d in (-3, -2, -1, 0, 1, 2, 3, 0x10000, -0x10000, 0x8000)])
+    rng = np.random.default_rng(3)
+    rand = rng.integers(0, 0x7F800000, 100_000)
+    y = np.concatenate([near[near >= 0], rand, _f32_bits(np.array([0, 1e-45, 1e-39, 3e38,
+                                                                   np.inf]))])
+    y = np.concatenate([y, y | 0x80000000])
+    y = y[: y.size // 2 * 2]
+    lo, hi = y[0::2], y[1::2]
+    got = _near2(_odd(lo, hi), None, prm)
+    vals = y.astype(np.uint32).view(np.float32).astype(np.float64)
+    ref = ln.encode(vals, spec, rounding="nearest_even", saturate=True,
+                    backend="reference").astype(np.int64)
+    assert np.array_equal(got & 0xFFFF, ref[0::2])
+    assert np.array_equal(got >> 16, ref[1::2])
+
+
+@pytest.mark.parametrize("algorithm", ["transformer_engine", "torchao"])
+def test_bf16x2_nvfp4_blocks_emulated_equal_reference(algorithm):
+    """NVFP4 blocks of bfloat16 input: the float32 products x * factor (factor from the
+    reference's scale codes, in the kernel's op order), rounded to odd pairs and encoded two at a
+    time, equal the reference codes; a global amax below the data's saturates."""
+    spec = ln.block_format("nvfp4")
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((256, 64)) * np.exp2(rng.integers(-30, 30, (256, 1)))
+         * np.exp2(rng.integers(-12, 1, (256, 64))))
+    x[3] = 0
+    xb = x.astype(ml_dtypes.bfloat16).astype(np.float64)
+    f32 = np.float32
+    for g_div in (1.0, 3.0):
+        g = f32(np.abs(xb).max() / g_div)
+        q = ln.quantize(xb, "nvfp4", algorithm=algorithm, global_amax=float(g),
+                        backend="reference")
+        sv = spec.scale.values[q.scales.astype(np.int64)].astype(f32)
+        with np.errstate(all="ignore"):
+            if algorithm == "transformer_engine":
+                s_dec = f32(1) / np.minimum(f32(2688) / g, f32(np.finfo(f32).max))
+                fac = np.minimum(f32(1) / (sv * s_dec), f32(np.finfo(f32).max))
+            else:
+                fac = (f32(1) / (g / f32(2688))) / sv
+            y = (xb.astype(f32).reshape(256, 4, 16) * fac[:, :, None]).reshape(256, 64)
+        yb = _f32_bits(y)
+        cw = _near2(_odd(yb[:, 0::2], yb[:, 1::2]), None, bx.near2_params(spec.element, False))
+        codes = np.stack([cw & 0xFFFF, cw >> 16], axis=2).reshape(x.shape)
+        assert np.array_equal(codes, q.codes), g_div
+
+
+def test_bf16x2_nvfp4_path_chosen_where_it_applies():
+    from lowbit.kernels import cupy_nvfp4
+    from lowbit.numerics import nvfp4
+
+    spec = ln.block_format("nvfp4")
+
+    def src(in_kind=1, length=64, pack=0, **opts):
+        return cupy_nvfp4.quant_source(spec, nvfp4.nvfp4_options(**opts), in_kind, length, pack)
+
+    cupy_nvfp4.quant_source.cache_clear()
+    with mock.patch.object(cc, "compute_capability", lambda: 90):
+        for case in (dict(), dict(pack=4), dict(algorithm="torchao")):
+            assert "#define BF16X2 1" in src(**case), case
+        for case in (dict(in_kind=0), dict(length=40), dict(algorithm="modelopt"),
+                     dict(rounding="nearest_away")):
+            assert "#define BF16X2 0" in src(**case), case
+    cupy_nvfp4.quant_source.cache_clear()
