@@ -37,6 +37,31 @@ def test_time_decode_records_full_width_steps():
     assert draft.kind == "lookup" and draft.per_token_s >= 0 and draft.per_ctx_s >= 0
 
 
+def test_time_decode_interleaves_repeats_and_keeps_the_minimum(monkeypatch):
+    """A slow spell of the host (here: the first three calls, ten times slower) hits one repeat
+    of every grid point, not all repeats of one point: the minima are the fast times."""
+    import lowbit.tts.calibrate as cal_mod
+    from lowbit.tts.speculative import generate
+
+    model = tiny_llama(dtype="float32")
+    order, calls = [], [0]
+
+    def clock():
+        calls[0] += 1
+        return calls[0] * (10.0 if len(order) <= 3 else 1.0)
+
+    def spy(model, prompts, **kw):
+        order.append((len(prompts), kw["gamma"]))
+        return generate(model, prompts, **kw)
+
+    monkeypatch.setattr(cal_mod, "generate", spy)
+    cal = time_decode(model, [1, 2], [0, 1], prompt=5, new_tokens=2, repeats=2,
+                      progress=False, clock=clock)
+    grid = [(1, 0), (1, 1), (2, 0), (2, 1)]
+    assert order == grid + grid
+    assert max(t.seconds for t in cal.target) < 10.0
+
+
 def test_decode_fit_recovers_per_row_overhead_and_lookup_cost():
     true = CostModel(a0=0.02, a1=1e-3, a2=1e-5, a4=4e-3)
     target = tuple(Timing(b, s, c, true.forward_s(b, s, c))

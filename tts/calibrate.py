@@ -4,16 +4,21 @@
   after warm-up; the cache is prefilled to the context once per (rows, context) and cropped back
   after every timed forward. Right for accelerators, where the forward is the whole step.
 * ``time_decode``: the step times of the decode loop itself (``speculative.generate``), forward
-  plus sampling, verification and bookkeeping, and the prompt-lookup search; minimum over
-  repeats. On a CPU host the per-step host work is a large share of a small model's step, and a
-  forward-only fit misses it (the 27-66 % prediction errors of the first study).
+  plus sampling, verification and bookkeeping, and the prompt-lookup search; minimum (or
+  another statistic) over interleaved repeats. On a CPU host the per-step host work is a large
+  share of a small model's step, and a forward-only fit misses it (the 27-66 % prediction
+  errors of the first study). On a GPU a small model's loop is bound by such per-step
+  overheads too, and the same step can take 3 times longer in some stretches than in others.
+* ``time_model_drafter``: ``speculative.ModelDrafter.propose`` on a (rows, context) grid, in the
+  form of ``DraftCost("model")`` (re-encoding the history, then one-token steps).
+* ``synced_clock``: a wall clock that waits for the device's queued work (CUDA) before reading.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +32,19 @@ def _sync(device) -> None:
 
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def synced_clock(device) -> Callable[[], float]:
+    """``time.perf_counter`` read after ``device``'s queued work has finished (CUDA kernels
+    run asynchronously); on a CPU the plain ``perf_counter``."""
+    if not str(device).startswith("cuda"):
+        return time.perf_counter
+
+    def clock() -> float:
+        _sync(device)
+        return time.perf_counter()
+
+    return clock
 
 
 def _random_cache(model, rows: int, context: int, device):
@@ -152,36 +170,78 @@ class DecodeCalibration:
 
 def time_decode(model, rows: Sequence[int], gammas: Sequence[int], *, prompt: int = 64,
                 new_tokens: int = 16, repeats: int = 2, temperature: float = 0.7,
-                seed: int = 0, progress: bool = True,
-                clock=time.perf_counter) -> DecodeCalibration:
+                seed: int = 0, progress: bool = True, clock=time.perf_counter,
+                reduce: Callable[[Sequence[float]], float] = min) -> DecodeCalibration:
     """Run ``speculative.generate`` for every (rows, gamma): a random ``prompt``-token prompt
     repeated on every row (as for branches), ``new_tokens`` verify iterations of full width
     ``gamma + 1`` (random drafts, so almost nothing is accepted) at ``temperature``. Each step
-    keeps the minimum over ``repeats`` identical runs (the host is shared: contention only adds
-    time); ``clock`` as in ``generate`` (``time.process_time``: CPU time)."""
+    keeps ``reduce`` over ``repeats`` identical runs (default the minimum: contention only adds
+    time). The repeats are interleaved (the whole grid once per repeat), so a slow spell of the
+    host hits one repeat of a point, not all of them. ``clock`` as in ``generate``
+    (``time.process_time``: CPU time; ``synced_clock`` on an accelerator)."""
     import torch
     from tqdm import tqdm
 
     vocab = model.config.vocab_size
     gen = torch.Generator().manual_seed(seed)
+    grid = [(b, g, torch.randint(3, vocab, (prompt,), generator=gen).tolist())
+            for b in rows for g in gammas]
+    runs: list[list[list]] = [[] for _ in grid]
+    for k in tqdm(range(repeats * len(grid)), desc="decode calibration", disable=not progress):
+        b, g, p = grid[k % len(grid)]
+        # room for gamma drafts in each of the first new_tokens iterations, even if up to
+        # new_tokens drafts get accepted along the way (gamma 0: exactly new_tokens steps)
+        room = 2 * new_tokens + g if g else new_tokens
+        res = generate(model, [p] * b, max_new_tokens=room + 1, gamma=g,
+                       drafter=_FullWidthLookup(vocab, seed) if g else None,
+                       temperature=temperature, seed=seed, eos_token_id=None, clock=clock)
+        runs[k % len(grid)].append(res.timeline[:new_tokens + 1])
     target: list[Timing] = []
     lookup: list[tuple[int, int, int, float]] = []
-    grid = [(b, g) for b in rows for g in gammas]
-    for b, g in tqdm(grid, desc="decode calibration", disable=not progress):
-        p = torch.randint(3, vocab, (prompt,), generator=gen).tolist()
-        runs = []
-        for _ in range(repeats):
-            # room for gamma drafts in each of the first new_tokens iterations, even if up to
-            # new_tokens drafts get accepted along the way
-            res = generate(model, [p] * b, max_new_tokens=2 * new_tokens + g + 1, gamma=g,
-                           drafter=_FullWidthLookup(vocab, seed) if g else None,
-                           temperature=temperature, seed=seed, eos_token_id=None, clock=clock)
-            runs.append(res.timeline[:new_tokens + 1])
-        n = min(len(r) for r in runs)
-        for k in range(n):
-            steps = [r[k] for r in runs]
+    for (_, g, _), point in zip(grid, runs, strict=True):
+        for k in range(min(len(r) for r in point)):
+            steps = [r[k] for r in point]
             s0 = steps[0]
-            target.append(Timing(s0.rows, s0.width, s0.context, min(s.target_s for s in steps)))
+            target.append(Timing(s0.rows, s0.width, s0.context,
+                                 reduce([s.target_s for s in steps])))
             if k:
-                lookup.append((s0.rows, g, s0.context, min(s.draft_s for s in steps)))
+                lookup.append((s0.rows, g, s0.context, reduce([s.draft_s for s in steps])))
     return DecodeCalibration(tuple(target), tuple(lookup))
+
+
+def time_model_drafter(model, rows: Sequence[int], contexts: Sequence[int], *, gamma: int = 4,
+                       repeats: int = 3, warmup: int = 1, temperature: float = 0.7,
+                       seed: int = 0, clock=time.perf_counter,
+                       reduce: Callable[[Sequence[float]], float] = min) -> list[Timing]:
+    """Timings of ``speculative.ModelDrafter(model).propose`` in the form of
+    ``DraftCost("model")``, for ``CostModel.fit(..., per_row=True)``: for every (rows, context),
+    proposing one token per row from a random ``context``-token history (the re-encoding,
+    ``Timing(rows, context, 0, t_1)``) and ``gamma`` tokens (the ``gamma - 1`` one-token steps
+    after it, ``Timing(rows, 1, context, (t_gamma - t_1) / (gamma - 1))``); ``reduce`` over
+    ``repeats`` after ``warmup`` calls, interleaved over the grid as in ``time_decode``;
+    ``clock`` as there."""
+    import torch
+
+    from .speculative import ModelDrafter
+
+    if gamma < 2:
+        raise ValueError("gamma >= 2: the one-token steps are timed against gamma = 1")
+    drafter = ModelDrafter(model)
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    ids = torch.Generator().manual_seed(seed)
+    grid = [(b, c, torch.randint(3, model.config.vocab_size, (c,), generator=ids).tolist())
+            for b in rows for c in contexts]
+    times: dict[tuple[int, int, int], list[float]] = {}
+    for k in range(warmup + repeats):
+        for b, c, hist in grid:
+            for g in (1, gamma):
+                t0 = clock()
+                drafter.propose([hist] * b, [g] * b, temperature, gen)
+                if k >= warmup:
+                    times.setdefault((b, c, g), []).append(clock() - t0)
+    out: list[Timing] = []
+    for b, c, _ in grid:
+        t1, tg = reduce(times[b, c, 1]), reduce(times[b, c, gamma])
+        out += [Timing(b, c, 0, t1), Timing(b, 1, c, (tg - t1) / (gamma - 1))]
+    return out

@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from numbers import Integral
 
 import torch
 
@@ -71,7 +72,8 @@ class ModelDrafter:
         g_max = max(gammas, default=0)
         if g_max == 0:
             return Drafts([[] for _ in histories], [None] * len(histories))
-        ids, mask = left_pad(histories, self.pad)
+        device = next(self.model.parameters()).device
+        ids, mask = (x.to(device) for x in left_pad(histories, self.pad))
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
         logits = forward(self.model, ids, mask, pos, cache)[:, -1]
@@ -154,26 +156,34 @@ def _probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, gamma: int = 0,
-             drafter=None, temperature: float = 0.0, eos_token_id: int | None = None,
-             pad_token_id: int = 0, seed: int = 0, deadline_s: float | None = None,
+def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int | Sequence[int],
+             gamma: int = 0, drafter=None, temperature: float = 0.0,
+             eos_token_id: int | None = None, pad_token_id: int = 0, seed: int = 0,
+             deadline_s: float | None = None,
              answer_of: Callable[[list[int]], str | None] | None = None,
              clock: Callable[[], float] = time.perf_counter) -> Generation:
     """Decode every prompt (one row each; repeat a prompt B times for B branches) with up to
     ``gamma`` drafted tokens per row and iteration (``gamma=0`` or no drafter: plain decoding).
 
-    Stops a row at ``eos_token_id`` or ``max_new_tokens``; all rows at ``deadline_s`` seconds;
-    with ``answer_of`` (tokens -> answer), all rows once the majority-vote early-stop rule holds
-    among finished rows. Greedy at ``temperature=0``, else sampling with ``seed``. ``clock``
-    times everything (wall clock by default; ``time.process_time`` gives the CPU time of the
-    process, which on a shared host excludes the time other processes held the cores).
+    Stops a row at ``eos_token_id`` or ``max_new_tokens`` (one for all rows, or one per row);
+    all rows at ``deadline_s`` seconds; with ``answer_of`` (tokens -> answer), all rows once the
+    majority-vote early-stop rule holds among finished rows. Greedy at ``temperature=0``, else
+    sampling with ``seed``. ``clock`` times everything (wall clock by default;
+    ``time.process_time`` gives the CPU time of the process, which on a shared host excludes the
+    time other processes held the cores; on an accelerator, a clock that synchronises the device
+    first). Inputs go to the model's device, and the sampling generator lives there too.
     """
     from transformers import DynamicCache
 
     t_start = clock()
-    gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
     rows = len(prompts)
-    ids, mask = left_pad(prompts, pad_token_id)
+    limit = [int(max_new_tokens)] * rows if isinstance(max_new_tokens, Integral) else [
+        int(n) for n in max_new_tokens]
+    if len(limit) != rows:
+        raise ValueError(f"max_new_tokens: {len(limit)} limits for {rows} prompts")
+    ids, mask = (x.to(device) for x in left_pad(prompts, pad_token_id))
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache()
     logits = forward(model, ids, mask, pos, cache)[:, -1]
@@ -181,9 +191,9 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, ga
     timeline = [StepTime(rows, ids.shape[1], 0, 0.0, clock() - t_start)]
     p = _probs(logits, temperature)
     first = p.argmax(-1) if temperature <= 0 else torch.multinomial(p, 1, generator=gen)[:, 0]
-    out = [[int(t)] for t in first]
+    out = [[t] for t in first.tolist()]
     lp = torch.log_softmax(logits.double(), -1)
-    logprob = [float(lp[r, first[r]]) for r in range(rows)]
+    logprob = lp.gather(1, first[:, None])[:, 0].tolist()
     finish = [float("inf")] * rows
     stop = [""] * rows
     steps: list[tuple[int, int, int]] = []
@@ -193,7 +203,7 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, ga
     def finished(r: int) -> bool:
         if eos_token_id is not None and out[r][-1] == eos_token_id:
             stop[r] = "eos"
-        elif len(out[r]) >= max_new_tokens:
+        elif len(out[r]) >= limit[r]:
             stop[r] = "length"
         return bool(stop[r])
 
@@ -218,13 +228,13 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, ga
         if not keep:
             break
         if len(keep) < len(active):
-            idx = torch.as_tensor(keep)
+            idx = torch.as_tensor(keep, device=device)
             cache.batch_select_indices(idx)
             mask, next_pos = mask[idx], next_pos[idx]
             active = [active[i] for i in keep]
 
         t_iter = clock()
-        room = [max_new_tokens - len(out[r]) - 1 for r in active]
+        room = [limit[r] - len(out[r]) - 1 for r in active]
         gammas = [min(gamma, x) for x in room]
         if drafter is not None and max(gammas) > 0:
             drafts = drafter.propose([list(prompts[r]) + out[r] for r in active], gammas,
@@ -240,9 +250,9 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, ga
             seq = [out[r][-1]] + drafts.tokens[i]
             inp[i, :len(seq)] = torch.as_tensor(seq)
             new_mask[i, :len(seq)] = 1
-        mask = torch.cat([mask, new_mask], 1)
-        pos = next_pos[:, None] + torch.arange(width)[None, :]
-        logits = forward(model, inp, mask, pos, cache)
+        mask = torch.cat([mask, new_mask.to(device)], 1)
+        pos = next_pos[:, None] + torch.arange(width, device=device)[None, :]
+        logits = forward(model, inp.to(device), mask, pos, cache)
         forwards += 1
         p_all = _probs(logits, temperature)
         lp_all = torch.log_softmax(logits.double(), -1)
@@ -277,7 +287,8 @@ def _verify(p: torch.Tensor, draft: list[int], q: torch.Tensor | None, temperatu
         return acc, target[acc]
     for j, d in enumerate(draft):
         qd = 1.0 if q is None else float(q[j, d])
-        if float(torch.rand((), generator=gen, dtype=torch.float64)) * qd < float(p[j, d]):
+        u = float(torch.rand((), generator=gen, dtype=torch.float64, device=gen.device))
+        if u * qd < float(p[j, d]):
             continue
         residual = p[j].clone()
         if q is None:
