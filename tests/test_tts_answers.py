@@ -41,6 +41,8 @@ def test_gsm_marker():
     (r"\boxed{\text{Paris}}", "paris"),
     (r"\boxed{10\%}", "10"),
     ("no digits here", None),
+    ("#### -4'.", "-4"),                  # a quote after the number (seen from Qwen2.5-Coder)
+    ("#### \\[ 8355 \\]", "8355"),      # LaTeX display brackets after the marker
 ])
 def test_extract_answer(text, want):
     assert extract_answer(text) == want

@@ -3,7 +3,8 @@
 Conventions: an answer is a normalised string or ``None`` (no answer found: an abstention, never
 a vote). Numbers normalise to an exact canonical form (``"1,000"``, ``"1000.0"`` and ``"$1000"``
 are ``"1000"``; ``"0.5"``, ``"1/2"`` and ``"\\frac{1}{2}"`` are ``"1/2"``); anything else is
-lower-cased with spaces and ``\\text{}``/``$``/trailing dots removed. Ties in every vote go to
+lower-cased with spaces and ``\\text{}``/``$``/trailing dots removed; one number with only
+non-digit text around it (units, quotes, LaTeX brackets) is that number. Ties in every vote go to
 the tied answer seen first (so over a random branch order, to each tied answer with equal
 probability).
 """
@@ -86,7 +87,7 @@ def normalize_answer(s: str | None) -> str | None:
         return None
     num = _as_number(t)
     if num is None:
-        m = re.fullmatch(r"[^\d\-.]*(-?[\d,]*\.?\d+)[a-z%]*", t.lower())
+        m = re.fullmatch(r"[^\d\-.]*(-?[\d,]*\.?\d+)[^\d]*", t.lower())
         num = _as_number(m.group(1)) if m else None
     if num is not None:
         return str(num.numerator) if num.denominator == 1 else f"{num.numerator}/{num.denominator}"
