@@ -4,11 +4,15 @@
         --problems "rg:basic_arithmetic:8:0:$OPTS" --b 4 --gamma 3 --n-max 32 \
         --out bench/results/tts_smollm2_arith
     python bench/tts_study.py --recompute --out bench/results/tts_smollm2_arith   # analysis only
+    nice -n 10 python bench/tts_study.py --model qwen2.5-coder-1.5b \
+        --draft-model qwen2.5-coder-0.5b --problems ... --out bench/results/tts_qwen_pair
 
 1. Decode calibration (``calibrate.time_decode``) on the process CPU-time clock: the target cost
-   model (with the per-row host term) and the prompt-lookup drafting cost.
+   model (with the per-row host term) and the prompt-lookup drafting cost; with
+   ``--draft-model``, also the draft model's own decode-loop cost model.
 2. Every problem runs in four configurations, sampled at ``--temperature`` with prompt-lookup
-   drafts: sequential (B=1, gamma=0), branches (B, 0), speculation (1, gamma), both (B, gamma),
+   drafts, or with ``--draft-model`` drafts from that model (``CachedModelDrafter``):
+   sequential (B=1, gamma=0), branches (B, 0), speculation (1, gamma), both (B, gamma),
    each to ``--n-max`` tokens per branch; CPU time, wall time and per-branch finish times kept.
 3. Latency: each run is simulated with its own branch lengths (expected-value and stochastic
    simulators) using the calibrated cost model and the acceptance table of the *other* problems'
@@ -32,16 +36,153 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
+
+from lowbit.tts.latency import CostModel
 
 CONFIGS = ("sequential", "branches", "speculation", "both")
 STRATEGIES = {"sequential": ("sequential",), "branch-only": ("sequential", "branches"),
               "speculation-only": ("sequential", "speculation"), "combination": CONFIGS}
 
 
+class CachedModelDrafter:
+    """Drafts from a causal LM with the target's vocabulary, keeping its KV cache between
+    iterations: a call feeds each row only what it gained since the previous call (masking the
+    cache slots of rejected drafts, as ``speculative.generate`` does), then ``gamma - 1``
+    one-token steps; greedy at temperature 0, else sampled with ``q``. Use one instance per
+    ``generate`` call: rows are matched to the previous call's in order (rows only leave).
+    ``speculative.ModelDrafter`` re-encodes every history each iteration instead, which for a
+    0.5B drafter on a CPU costs more than the target's step."""
+
+    def __init__(self, model, pad_token_id: int = 0) -> None:
+        self.model, self.pad = model, pad_token_id
+        self.device = next(model.parameters()).device
+        self.cache = None
+        self.mask = None
+        self.fed: list[list[int]] = []  # tokens in the cache per row (position = index)
+        self.slots: list[list[int]] = []  # their cache slots
+        self.seen: list[list[int]] = []  # the histories of the previous call
+
+    def _keep(self, histories) -> list[int]:
+        keep, j = [], 0
+        for h in histories:
+            while j < len(self.seen) and list(h[:len(self.seen[j])]) != self.seen[j]:
+                j += 1
+            if j == len(self.seen):
+                raise ValueError("a history does not extend one of the previous call's")
+            keep.append(j)
+            j += 1
+        return keep
+
+    def _feed(self, histories):
+        """One forward of every row's new tokens; the logits after each row's last token."""
+        import torch
+
+        from lowbit.tts.speculative import forward, left_pad
+
+        if self.cache is None:
+            from transformers import DynamicCache
+
+            ids, self.mask = (x.to(self.device) for x in left_pad(histories, self.pad))
+            pos = (self.mask.cumsum(-1) - 1).clamp(min=0)
+            self.cache = DynamicCache()
+            start = ids.shape[1] - torch.as_tensor([len(h) for h in histories])
+            self.fed = [list(h) for h in histories]
+            self.slots = [list(range(int(s), ids.shape[1])) for s in start]
+            return forward(self.model, ids, self.mask, pos, self.cache)[:, -1]
+        keep = self._keep(histories)
+        if len(keep) < len(self.seen):
+            idx = torch.as_tensor(keep, device=self.device)
+            self.cache.batch_select_indices(idx)
+            self.mask = self.mask[idx]
+            self.fed = [self.fed[j] for j in keep]
+            self.slots = [self.slots[j] for j in keep]
+        new = []
+        for i, h in enumerate(histories):
+            n = 0
+            while n < min(len(h) - 1, len(self.fed[i])) and self.fed[i][n] == h[n]:
+                n += 1
+            self.mask[i, self.slots[i][n:]] = 0
+            self.fed[i], self.slots[i] = self.fed[i][:n], self.slots[i][:n]
+            new.append(list(h[n:]))
+        return self._step(new)
+
+    def _step(self, new: list[list[int]]):
+        import torch
+
+        from lowbit.tts.speculative import forward
+
+        width, base = max(len(x) for x in new), self.mask.shape[1]
+        ids = torch.full((len(new), width), self.pad, dtype=torch.long)
+        add = torch.zeros((len(new), width), dtype=torch.long)
+        pos = torch.zeros((len(new), width), dtype=torch.long)
+        for i, x in enumerate(new):
+            ids[i, :len(x)] = torch.as_tensor(x)
+            add[i, :len(x)] = 1
+            pos[i] = len(self.fed[i]) + torch.arange(width)
+            self.fed[i] += x
+            self.slots[i] += range(base, base + len(x))
+        self.mask = torch.cat([self.mask, add.to(self.device)], 1)
+        logits = forward(self.model, ids.to(self.device), self.mask, pos.to(self.device),
+                         self.cache)
+        return logits[torch.arange(len(new)), [len(x) - 1 for x in new]]
+
+    def propose(self, histories, gammas, temperature: float = 0.0, generator=None):
+        import torch
+
+        from lowbit.tts.speculative import Drafts
+
+        g_max = max(gammas, default=0)
+        if g_max == 0:
+            return Drafts([[] for _ in histories], [None] * len(histories))
+        with torch.no_grad():
+            logits = self._feed(histories)
+            self.seen = [list(h) for h in histories]
+            toks, qs = [], []
+            for step in range(g_max):
+                if temperature > 0:
+                    q = torch.softmax(logits.double() / temperature, -1)
+                    t = torch.multinomial(q, 1, generator=generator)[:, 0]
+                    qs.append(q)
+                else:
+                    t = logits.argmax(-1)
+                toks.append(t)
+                if step + 1 < g_max:
+                    logits = self._step([[int(x)] for x in t])
+        tok = torch.stack(toks, 1).tolist()
+        q_all = torch.stack(qs, 1) if qs else None
+        return Drafts([tok[r][:g] for r, g in enumerate(gammas)],
+                      [None if q_all is None else q_all[r, :g] for r, g in enumerate(gammas)])
+
+
+@dataclass(frozen=True)
+class CachedDraftCost:
+    """Drafting cost of ``CachedModelDrafter`` (the ``DraftCost`` interface of the simulator):
+    the prompt prefill on the draft ``model``, then per iteration a forward of the 1 or 2 tokens
+    a row gained (2 when all ``gamma`` drafts of some row were accepted: probability
+    ``1 - (1 - s_gamma)^rows`` from the acceptance table) and ``gamma - 1`` one-token steps."""
+
+    model: CostModel
+    all_accepted: float = 0.0
+
+    def iteration_s(self, rows: int, gamma: int, context):
+        if gamma <= 0:
+            return 0.0
+        fed = 2.0 - (1.0 - self.all_accepted) ** max(rows, 1)
+        return (self.model.forward_s(rows, fed, context)
+                + (gamma - 1) * self.model.forward_s(rows, 1, context))
+
+    def prefill_s(self, rows: int, prompt: int) -> float:
+        return self.model.prefill_s(rows, prompt + 1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--draft-model", help="draft with this model (same vocabulary) instead of "
+                                          "prompt lookup")
+    ap.add_argument("--dtype", default="float32", help="torch dtype of the model(s)")
     ap.add_argument("--problems")
     ap.add_argument("--b", type=int, default=4)
     ap.add_argument("--gamma", type=int, default=3)
@@ -61,8 +202,6 @@ def main() -> None:
         if not args.problems:
             ap.error("--problems is required (unless --recompute)")
         doc = measure(args)
-        with open(args.out + ".json", "w") as fh:  # raw measurements first
-            json.dump(doc, fh, indent=1)
     analyse(doc)
     write(doc, args.out)
 
@@ -72,7 +211,7 @@ def measure(args: argparse.Namespace) -> dict:
     import transformers
     from tqdm import tqdm
 
-    from lowbit.tts.calibrate import time_decode
+    from lowbit.tts.calibrate import DecodeCalibration, time_decode
     from lowbit.tts.executors import load, run_plan, task_prompt
     from lowbit.tts.planner import Plan
     from lowbit.tts.problems import parse_spec
@@ -80,23 +219,56 @@ def measure(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
-    model, tok = load(args.model)
+    model, tok = load(args.model, args.dtype)
+    draft_model = load(args.draft_model, args.dtype)[0] if args.draft_model else None
+    if draft_model is not None and draft_model.config.vocab_size != model.config.vocab_size:
+        raise ValueError("the draft model's vocabulary differs from the target's")
     tasks = parse_spec(args.problems)
     prompts = [len(task_prompt(tok, t)) for t in tasks]
-    cal = time_decode(model, [int(x) for x in args.cal_rows.split(",")],
-                      sorted({0, args.gamma}), prompt=int(statistics.median(prompts)),
-                      new_tokens=args.cal_steps, repeats=args.repeats,
-                      temperature=args.temperature, clock=time.process_time)
+    cal_rows = [int(x) for x in args.cal_rows.split(",")]
+    cal_kw = {"prompt": int(statistics.median(prompts)), "new_tokens": args.cal_steps,
+              "repeats": args.repeats, "temperature": args.temperature,
+              "clock": time.process_time}
+    cal = time_decode(model, cal_rows, sorted({0, args.gamma}), **cal_kw)
     cost, draft = cal.fit(meta={"model": args.model, "clock": "process_time",
                                 "threads": args.threads})
+    draft_cal = DecodeCalibration((), ())
+    if draft_model is not None:
+        draft_cal = time_decode(draft_model, cal_rows, [0], **cal_kw)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     shapes = {"sequential": (1, 0), "branches": (args.b, 0), "speculation": (1, args.gamma),
               "both": (args.b, args.gamma)}
     runs = {c: [] for c in CONFIGS}
+
+    def snapshot() -> dict:
+        """The raw measurements so far (whole problems), written to OUT.json: an interrupted
+        study can be analysed with ``--recompute``."""
+        doc = {
+            "command": " ".join(sys.argv), "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()} {platform.processor() or ''}, "
+                       f"{torch.get_num_threads()} torch thread(s), shared 2-core host",
+            "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                         "transformers": transformers.__version__},
+            "model": args.model, "problems": args.problems, "b": args.b, "gamma": args.gamma,
+            **({"draft_model": args.draft_model, "dtype": args.dtype,
+                "draft_calibration_timings": [t.__dict__ for t in draft_cal.target]}
+               if draft_model is not None else {}),
+            "n_max": args.n_max, "temperature": args.temperature,
+            "shapes": {c: list(v) for c, v in shapes.items()},
+            "cost": {k: v for k, v in cost.to_dict().items() if k != "timings"},
+            "calibration_timings": [t.__dict__ for t in cal.target],
+            "lookup_points": [list(p) for p in cal.lookup], "draft": draft.to_dict(),
+            "runs": runs, "seconds": time.perf_counter() - t_start}
+        with open(args.out + ".json", "w") as fh:
+            json.dump(doc, fh, indent=1)
+        return doc
+
     jobs = [(i, t, c) for i, t in enumerate(tasks) for c in CONFIGS]
     for i, task, c in tqdm(jobs, desc="runs"):
         b, g = shapes[c]
         r = run_plan(model, tok, task, Plan("majority", b, g, args.n_max, 0.0, 0.0, 0.0),
-                     drafter=PromptLookupDrafter(), temperature=args.temperature,
+                     drafter=PromptLookupDrafter() if draft_model is None else
+                     CachedModelDrafter(draft_model, pad), temperature=args.temperature,
                      seed=1000 * i + CONFIGS.index(c), clock=time.process_time)
         runs[c].append({"task": task.id, "reference": task.reference, "prompt": prompts[i],
                         "answer": r.answer, "correct": r.correct, "cpu_s": r.cpu_s,
@@ -105,18 +277,9 @@ def measure(args: argparse.Namespace) -> dict:
                         "finish_s": list(r.finish_s), "steps": [list(s) for s in r.steps],
                         "timeline": [[t.rows, t.width, t.context, t.draft_s, t.target_s]
                                      for t in r.timeline]})
-    return {"command": " ".join(sys.argv), "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": f"{platform.machine()} {platform.processor() or ''}, "
-                       f"{torch.get_num_threads()} torch thread(s), shared 2-core host",
-            "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                         "transformers": transformers.__version__},
-            "model": args.model, "problems": args.problems, "b": args.b, "gamma": args.gamma,
-            "n_max": args.n_max, "temperature": args.temperature,
-            "shapes": {c: list(v) for c, v in shapes.items()},
-            "cost": {k: v for k, v in cost.to_dict().items() if k != "timings"},
-            "calibration_timings": [t.__dict__ for t in cal.target],
-            "lookup_points": [list(p) for p in cal.lookup], "draft": draft.to_dict(),
-            "runs": runs, "seconds": time.perf_counter() - t_start}
+        if c == CONFIGS[-1]:
+            snapshot()
+    return snapshot()
 
 
 def _trace_fit(doc: dict, tasks: set[str]):
@@ -138,15 +301,20 @@ def _trace_fit(doc: dict, tasks: set[str]):
 
 def _setup(doc: dict, tasks: set[str], prompt: int, trace: bool = False):
     """Simulator setup from ``tasks``' acceptance; cost from the calibration, or (``trace``)
-    fitted on the step times logged in ``tasks``' runs."""
-    from lowbit.tts.latency import AcceptanceTable, CostModel, DraftCost
+    fitted on the step times logged in ``tasks``' runs (a draft model's cost stays the
+    calibrated one)."""
+    from lowbit.tts.latency import AcceptanceTable, DraftCost
     from lowbit.tts.simulate import Setup
 
     steps = [s for c in ("speculation", "both") for r in doc["runs"][c] if r["task"] in tasks
              for s in r["steps"]]
-    cost, draft = _trace_fit(doc, tasks) if trace else (
-        CostModel.from_dict(doc["cost"]), DraftCost.from_dict(doc["draft"]))
-    return Setup(cost, AcceptanceTable.from_counts(steps), draft, prompt=prompt,
+    acc = AcceptanceTable.from_counts(steps)
+    cost, draft = _trace_fit(doc, tasks) if trace else (CostModel.from_dict(doc["cost"]), None)
+    if "draft_model" in doc:
+        g = doc["gamma"]
+        draft = CachedDraftCost(CostModel.from_dict(doc["draft"]["model"]),
+                                acc.survival[g - 1] if len(acc.survival) >= g else 0.0)
+    return Setup(cost, acc, draft or DraftCost.from_dict(doc["draft"]), prompt=prompt,
                  max_tokens=doc["n_max"])
 
 
@@ -168,6 +336,11 @@ def analyse(doc: dict) -> None:
     cost, draft = cal.fit(meta=doc["cost"].get("meta"))
     doc["cost"] = {k: v for k, v in cost.to_dict().items() if k != "timings"}
     doc["draft"] = draft.to_dict()
+    if "draft_model" in doc:
+        dcost = CostModel.fit([Timing(**t) for t in doc["draft_calibration_timings"]],
+                              meta={"model": doc["draft_model"]}, per_row=True)
+        doc["draft"] = {"kind": "cached model", "model": {
+            k: v for k, v in dcost.to_dict().items() if k != "timings"}}
 
     tasks = [r["task"] for r in doc["runs"]["sequential"]]
     traced = "timeline" in doc["runs"]["sequential"][0]
@@ -269,23 +442,67 @@ def curves(doc: dict, tasks: list[str], n_budgets: int = 12) -> dict:
     return out
 
 
+def _pair_notes(doc: dict) -> list[str]:
+    """Markdown paragraphs on the draft model (none for prompt-lookup studies)."""
+    if "draft_model" not in doc:
+        return []
+    from lowbit.tts.latency import AcceptanceTable, DraftCost
+
+    g = doc["gamma"]
+    acc = AcceptanceTable.from_counts([s for c in ("speculation", "both")
+                                       for r in doc["runs"][c] for s in r["steps"]])
+    target, dmodel = CostModel.from_dict(doc["cost"]), CostModel.from_dict(doc["draft"]["model"])
+    prompt = int(statistics.median(r["prompt"] for r in doc["runs"]["sequential"]))
+    cached = CachedDraftCost(dmodel, acc.survival[g - 1] if len(acc.survival) >= g else 0.0)
+    again = DraftCost("model", model=dmodel)
+    tasks = [r["task"] for r in doc["runs"]["sequential"]]
+    return [
+        f"Problems run: {len(tasks)} ({', '.join(tasks)}); OUT.json is rewritten after each "
+        "problem, so a study stopped early is analysed on the problems it completed.", "",
+        f"Drafter: {doc['draft_model']} with a KV cache kept across iterations "
+        "(`CachedModelDrafter` in this script; each iteration feeds the 1-2 tokens a row gained, "
+        f"then gamma - 1 one-token steps), in {doc['dtype']} like the target; prompt lookup was "
+        "not run for this pair. `tts.speculative.ModelDrafter` re-encodes every history at "
+        "each iteration (what `DraftCost(\"model\")` models): at B=1 and the median prompt "
+        f"({prompt} tokens) the calibrated costs are {again.iteration_s(1, g, prompt):.2f} s "
+        f"per iteration re-encoding, {cached.iteration_s(1, g, prompt):.2f} s cached, against "
+        f"{target.forward_s(1, 1, prompt):.2f} s for one decode step of the target. The cached "
+        "drafter's cost model (`CachedDraftCost`) is the draft model's own decode-loop "
+        "calibration (`time_decode`, gamma 0, same rows and prompt).",
+        "",
+        f"Measured acceptance (all speculative runs): tau({g}) = {acc.tau(g):.2f} tokens per "
+        "verify step; P(first j drafts accepted) = "
+        + ", ".join(f"{x:.2f}" for x in acc.survival[:g]) + ".", ""]
+
+
 def write(doc: dict, out: str) -> None:
     with open(out + ".json", "w") as fh:
         json.dump(doc, fh, indent=1)
     lat = doc["latency"]
     cost = doc["cost"]
+    if "draft_model" in doc:
+        d = doc["draft"]["model"]
+        drafter = f"draft model {doc['draft_model']}, KV-cached (`CachedModelDrafter`)"
+        draft_cost = (f"draft model {d['a0']:.3g} + {d['a1']:.3g}*B*s + {d['a2']:.3g}*B*c + "
+                      f"{d['a3']:.3g}*max(0, B*s - {d['knee']:g}) + {d['a4']:.3g}*B + "
+                      f"{d['a5']:.3g}*min(B*s, {d['knee']:g}) s per forward "
+                      f"(median rel. residual {d['rel_residual']:.1%}).")
+    else:
+        drafter = "prompt lookup"
+        draft_cost = (f"lookup drafting {doc['draft']['per_token_s']:.3g} s/token + "
+                      f"{doc['draft']['per_ctx_s']:.3g} s/context token per row.")
     lines = [f"# TTS study: {doc['model']} on CPU", "",
              f"Command: `{doc['command']}`  ", f"Date: {doc['date']}; machine: {doc['machine']}; "
              f"versions: {doc['versions']}; total {doc['seconds']:.0f} s wall.", "",
-             f"Problems: `{doc['problems']}`; B={doc['b']}, gamma={doc['gamma']} (prompt lookup), "
-             f"n_max={doc['n_max']}, temperature {doc['temperature']}.", "",
+             f"Problems: `{doc['problems']}`; B={doc['b']}, gamma={doc['gamma']} ({drafter}), "
+             f"n_max={doc['n_max']}, temperature {doc['temperature']}"
+             f"{', ' + doc['dtype'] if 'dtype' in doc else ''}.", "",
              "Cost model (decode-loop calibration, process CPU time, NNLS): "
              f"T = {cost['a0']:.4g} + {cost['a1']:.3g}*B*s + {cost['a2']:.3g}*B*c + "
              f"{cost['a3']:.3g}*max(0, B*s - {cost['knee']:g}) + {cost['a4']:.3g}*B + "
              f"{cost['a5']:.3g}*min(B*s, {cost['knee']:g}) s "
-             f"(median rel. residual {cost['rel_residual']:.1%}); lookup drafting "
-             f"{doc['draft']['per_token_s']:.3g} s/token + {doc['draft']['per_ctx_s']:.3g} "
-             "s/context token per row.", "",
+             f"(median rel. residual {cost['rel_residual']:.1%}); {draft_cost}", "",
+             *_pair_notes(doc),
              "## Predicted versus measured latency", "",
              "Per run: simulated with its own branch lengths and the leave-one-problem-out "
              "acceptance table; median relative error.", "",
