@@ -134,16 +134,22 @@ def quant_linears(model: nn.Module) -> dict[str, QuantLinear]:
 def save_quantized(model: nn.Module, path: str, tokenizer=None) -> None:
     """Write ``config.json``, ``lowbit.json`` (specs, per-layer packing metadata) and
     ``model.safetensors`` (packed codes and scales of the quantized layers, every other tensor
-    as it is; tied tensors once)."""
+    as it is; tied tensors once). ``lowbit.json`` lists the QuantLinears under ``modules``
+    and FlatQuant's ``FlatLinear``s (each with its QuantLinear) under ``flat``."""
     from safetensors.torch import save_model
+
+    from .ptq.flatquant import flat_configs
 
     os.makedirs(path, exist_ok=True)
     model.config.save_pretrained(path)
+    flat = flat_configs(model)
     doc = {
         "version": 1,
         "lowbit_config": getattr(model, "lowbit_config", {}),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-        "modules": {n: m.config() for n, m in quant_linears(model).items()},
+        "modules": {n: m.config() for n, m in quant_linears(model).items()
+                    if n.rpartition(".")[0] not in flat},
+        "flat": flat,
         "experts": experts_layouts(model),
     }
     with open(os.path.join(path, CONFIG_NAME), "w") as fh:
@@ -158,6 +164,8 @@ def load_quantized(path: str, device: str | torch.device = "cpu") -> nn.Module:
     from safetensors.torch import load_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from .ptq.flatquant import rebuild
+
     with open(os.path.join(path, CONFIG_NAME)) as fh:
         doc = json.load(fh)
     config = AutoConfig.from_pretrained(path)
@@ -165,6 +173,7 @@ def load_quantized(path: str, device: str | torch.device = "cpu") -> nn.Module:
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     for name, cfg in doc["modules"].items():
         set_module(model, name, QuantLinear.from_config(cfg))
+    rebuild(model, doc.get("flat", {}))
     for name, layout in doc.get("experts", {}).items():
         prepare_experts(model.get_submodule(name), layout)
     model.to(device)
