@@ -36,145 +36,14 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from lowbit.tts.latency import CostModel
+from lowbit.tts.latency import CachedDraftCost, CostModel
+from lowbit.tts.speculative import CachedModelDrafter
 
 CONFIGS = ("sequential", "branches", "speculation", "both")
 STRATEGIES = {"sequential": ("sequential",), "branch-only": ("sequential", "branches"),
               "speculation-only": ("sequential", "speculation"), "combination": CONFIGS}
-
-
-class CachedModelDrafter:
-    """Drafts from a causal LM with the target's vocabulary, keeping its KV cache between
-    iterations: a call feeds each row only what it gained since the previous call (masking the
-    cache slots of rejected drafts, as ``speculative.generate`` does), then ``gamma - 1``
-    one-token steps; greedy at temperature 0, else sampled with ``q``. Use one instance per
-    ``generate`` call: rows are matched to the previous call's in order (rows only leave).
-    ``speculative.ModelDrafter`` re-encodes every history each iteration instead, which for a
-    0.5B drafter on a CPU costs more than the target's step."""
-
-    def __init__(self, model, pad_token_id: int = 0) -> None:
-        self.model, self.pad = model, pad_token_id
-        self.device = next(model.parameters()).device
-        self.cache = None
-        self.mask = None
-        self.fed: list[list[int]] = []  # tokens in the cache per row (position = index)
-        self.slots: list[list[int]] = []  # their cache slots
-        self.seen: list[list[int]] = []  # the histories of the previous call
-
-    def _keep(self, histories) -> list[int]:
-        keep, j = [], 0
-        for h in histories:
-            while j < len(self.seen) and list(h[:len(self.seen[j])]) != self.seen[j]:
-                j += 1
-            if j == len(self.seen):
-                raise ValueError("a history does not extend one of the previous call's")
-            keep.append(j)
-            j += 1
-        return keep
-
-    def _feed(self, histories):
-        """One forward of every row's new tokens; the logits after each row's last token."""
-        import torch
-
-        from lowbit.tts.speculative import forward, left_pad
-
-        if self.cache is None:
-            from transformers import DynamicCache
-
-            ids, self.mask = (x.to(self.device) for x in left_pad(histories, self.pad))
-            pos = (self.mask.cumsum(-1) - 1).clamp(min=0)
-            self.cache = DynamicCache()
-            start = ids.shape[1] - torch.as_tensor([len(h) for h in histories])
-            self.fed = [list(h) for h in histories]
-            self.slots = [list(range(int(s), ids.shape[1])) for s in start]
-            return forward(self.model, ids, self.mask, pos, self.cache)[:, -1]
-        keep = self._keep(histories)
-        if len(keep) < len(self.seen):
-            idx = torch.as_tensor(keep, device=self.device)
-            self.cache.batch_select_indices(idx)
-            self.mask = self.mask[idx]
-            self.fed = [self.fed[j] for j in keep]
-            self.slots = [self.slots[j] for j in keep]
-        new = []
-        for i, h in enumerate(histories):
-            n = 0
-            while n < min(len(h) - 1, len(self.fed[i])) and self.fed[i][n] == h[n]:
-                n += 1
-            self.mask[i, self.slots[i][n:]] = 0
-            self.fed[i], self.slots[i] = self.fed[i][:n], self.slots[i][:n]
-            new.append(list(h[n:]))
-        return self._step(new)
-
-    def _step(self, new: list[list[int]]):
-        import torch
-
-        from lowbit.tts.speculative import forward
-
-        width, base = max(len(x) for x in new), self.mask.shape[1]
-        ids = torch.full((len(new), width), self.pad, dtype=torch.long)
-        add = torch.zeros((len(new), width), dtype=torch.long)
-        pos = torch.zeros((len(new), width), dtype=torch.long)
-        for i, x in enumerate(new):
-            ids[i, :len(x)] = torch.as_tensor(x)
-            add[i, :len(x)] = 1
-            pos[i] = len(self.fed[i]) + torch.arange(width)
-            self.fed[i] += x
-            self.slots[i] += range(base, base + len(x))
-        self.mask = torch.cat([self.mask, add.to(self.device)], 1)
-        logits = forward(self.model, ids.to(self.device), self.mask, pos.to(self.device),
-                         self.cache)
-        return logits[torch.arange(len(new)), [len(x) - 1 for x in new]]
-
-    def propose(self, histories, gammas, temperature: float = 0.0, generator=None):
-        import torch
-
-        from lowbit.tts.speculative import Drafts
-
-        g_max = max(gammas, default=0)
-        if g_max == 0:
-            return Drafts([[] for _ in histories], [None] * len(histories))
-        with torch.no_grad():
-            logits = self._feed(histories)
-            self.seen = [list(h) for h in histories]
-            toks, qs = [], []
-            for step in range(g_max):
-                if temperature > 0:
-                    q = torch.softmax(logits.double() / temperature, -1)
-                    t = torch.multinomial(q, 1, generator=generator)[:, 0]
-                    qs.append(q)
-                else:
-                    t = logits.argmax(-1)
-                toks.append(t)
-                if step + 1 < g_max:
-                    logits = self._step([[int(x)] for x in t])
-        tok = torch.stack(toks, 1).tolist()
-        q_all = torch.stack(qs, 1) if qs else None
-        return Drafts([tok[r][:g] for r, g in enumerate(gammas)],
-                      [None if q_all is None else q_all[r, :g] for r, g in enumerate(gammas)])
-
-
-@dataclass(frozen=True)
-class CachedDraftCost:
-    """Drafting cost of ``CachedModelDrafter`` (the ``DraftCost`` interface of the simulator):
-    the prompt prefill on the draft ``model``, then per iteration a forward of the 1 or 2 tokens
-    a row gained (2 when all ``gamma`` drafts of some row were accepted: probability
-    ``1 - (1 - s_gamma)^rows`` from the acceptance table) and ``gamma - 1`` one-token steps."""
-
-    model: CostModel
-    all_accepted: float = 0.0
-
-    def iteration_s(self, rows: int, gamma: int, context):
-        if gamma <= 0:
-            return 0.0
-        fed = 2.0 - (1.0 - self.all_accepted) ** max(rows, 1)
-        return (self.model.forward_s(rows, fed, context)
-                + (gamma - 1) * self.model.forward_s(rows, 1, context))
-
-    def prefill_s(self, rows: int, prompt: int) -> float:
-        return self.model.prefill_s(rows, prompt + 1)
 
 
 def main() -> None:

@@ -1,9 +1,6 @@
 """The Qwen2.5-Coder 0.5B/1.5B speculative pair: the chunked-GGUF loader table, the KV-cached
-model drafter of ``bench/tts_study.py``, and (slow) the real pair decoding losslessly."""
-
-import importlib.util
-import pathlib
-import sys
+model drafter (``speculative.CachedModelDrafter``) and its cost, and (slow) the real pair
+decoding losslessly."""
 
 import pytest
 
@@ -13,9 +10,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from lowbit.tts.drafts import quantized_copy, tiny_llama  # noqa: E402
-from lowbit.tts.speculative import ModelDrafter, generate  # noqa: E402
+from lowbit.tts.latency import CachedDraftCost  # noqa: E402
+from lowbit.tts.speculative import CachedModelDrafter, ModelDrafter, generate  # noqa: E402
 
-_STUDY = pathlib.Path(__file__).resolve().parents[1] / "bench" / "tts_study.py"
 PROMPTS = [[5, 6, 7, 8, 9, 5, 6], [10, 11, 12], [3, 4, 5, 6, 7, 8, 9, 10, 11, 3, 4], [20]]
 
 
@@ -52,16 +49,6 @@ def test_chunk_checksum_mismatch(tmp_path, monkeypatch):
     assert not list(tmp_path.glob("x.*"))
 
 
-@pytest.fixture(scope="module")
-def study():
-    spec = importlib.util.spec_from_file_location("tts_study", _STUDY)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["tts_study"] = mod  # its dataclasses look their module up
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop("tts_study", None)
-
-
 class _Both:
     """Runs the cached drafter and ``ModelDrafter`` on the same calls; they must agree."""
 
@@ -76,19 +63,19 @@ class _Both:
 
 
 @pytest.mark.parametrize("eos", [None, 7])
-def test_cached_drafter_equals_model_drafter(study, eos):
+def test_cached_drafter_equals_model_drafter(eos):
     target = tiny_llama(seed=0)
     draft = quantized_copy(target, "mxfp4")
     ref = generate(target, PROMPTS, max_new_tokens=16, eos_token_id=eos)
-    both = _Both(study.CachedModelDrafter(draft), ModelDrafter(draft))
+    both = _Both(CachedModelDrafter(draft), ModelDrafter(draft))
     res = generate(target, PROMPTS, max_new_tokens=16, gamma=3, drafter=both, eos_token_id=eos)
     assert res.tokens == ref.tokens
     assert both.calls > 3 and sum(a for *_, a in res.steps) > 0
 
 
-def test_cached_drafter_samples_with_q(study):
+def test_cached_drafter_samples_with_q():
     target = tiny_llama(seed=0)
-    drafter = study.CachedModelDrafter(quantized_copy(target, "mxfp4"))
+    drafter = CachedModelDrafter(quantized_copy(target, "mxfp4"))
     d = drafter.propose(PROMPTS[:2], [3, 1], 0.8, torch.Generator().manual_seed(0))
     assert [len(t) for t in d.tokens] == [3, 1]
     assert [tuple(q.shape) for q in d.probs] == [(3, 128), (1, 128)]
@@ -96,16 +83,16 @@ def test_cached_drafter_samples_with_q(study):
     with pytest.raises(ValueError, match="extend"):
         drafter.propose([[1, 2]], [2])
     res = generate(target, [PROMPTS[0]] * 3, max_new_tokens=12, gamma=2, temperature=0.8,
-                   drafter=study.CachedModelDrafter(quantized_copy(target, "mxfp4")), seed=3)
+                   drafter=CachedModelDrafter(quantized_copy(target, "mxfp4")), seed=3)
     assert [len(t) for t in res.tokens] == [12] * 3
     assert all(a <= p <= 2 for _, p, a in res.steps)
 
 
-def test_cached_draft_cost(study):
+def test_cached_draft_cost():
     from lowbit.tts.latency import CostModel
 
     model = CostModel(0.1, 0.01, 0.0, a4=0.02)
-    cost = study.CachedDraftCost(model, all_accepted=0.5)
+    cost = CachedDraftCost(model, all_accepted=0.5)
     one = model.forward_s(2, 1, 50)
     assert cost.iteration_s(2, 0, 50) == 0.0
     assert cost.iteration_s(2, 3, 50) == pytest.approx(model.forward_s(2, 1.75, 50) + 2 * one)
@@ -113,7 +100,7 @@ def test_cached_draft_cost(study):
 
 
 @pytest.mark.slow
-def test_qwen_pair_speculative_greedy_equals_target_greedy(study):
+def test_qwen_pair_speculative_greedy_equals_target_greedy():
     pytest.importorskip("gguf")
     from lowbit.tts.executors import encode_chat, load
 
@@ -133,7 +120,7 @@ def test_qwen_pair_speculative_greedy_equals_target_greedy(study):
         out = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
                               do_sample=False, eos_token_id=eos, pad_token_id=pad)[0, len(p):]
         ref.append(out.tolist()[:out.tolist().index(eos) + 1] if eos in out else out.tolist())
-    for drafter in (ModelDrafter(draft, pad), study.CachedModelDrafter(draft, pad)):
+    for drafter in (ModelDrafter(draft, pad), CachedModelDrafter(draft, pad)):
         res = generate(target, prompts, max_new_tokens=12, gamma=3, eos_token_id=eos,
                        drafter=drafter, pad_token_id=pad)
         assert res.tokens == ref

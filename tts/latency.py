@@ -292,3 +292,24 @@ class AcceptanceTable:
     def from_dict(cls, d: dict) -> AcceptanceTable:
         return cls(tuple(d["survival"]), tuple(d.get("proposal", ())),
                    tuple(tuple(x) for x in d.get("samples", ())))
+
+
+@dataclass(frozen=True)
+class CachedDraftCost:
+    """Drafting cost of ``speculative.CachedModelDrafter`` (the ``DraftCost`` interface of the
+    simulator): the prompt prefill on the draft ``model``, then per iteration a forward of the 1
+    or 2 tokens a row gained (2 when all ``gamma`` drafts of some row were accepted: probability
+    ``1 - (1 - s_gamma)^rows`` from the acceptance table) and ``gamma - 1`` one-token steps."""
+
+    model: CostModel
+    all_accepted: float = 0.0
+
+    def iteration_s(self, rows: int, gamma: int, context):
+        if gamma <= 0:
+            return 0.0
+        fed = 2.0 - (1.0 - self.all_accepted) ** max(rows, 1)
+        return (self.model.forward_s(rows, fed, context)
+                + (gamma - 1) * self.model.forward_s(rows, 1, context))
+
+    def prefill_s(self, rows: int, prompt: int) -> float:
+        return self.model.prefill_s(rows, prompt + 1)
