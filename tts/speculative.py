@@ -56,6 +56,29 @@ class PromptLookupDrafter:
         return []
 
 
+def _sample_drafts(logits: torch.Tensor, gammas: Sequence[int], temperature: float, generator,
+                   advance: Callable[[torch.Tensor], torch.Tensor]) -> Drafts:
+    """``max(gammas)`` draft tokens per row from the drafter's next-token ``logits``: greedy at
+    temperature 0, else sampled (keeping ``q``); ``advance(tokens)`` feeds one token per row and
+    returns the next logits. Row ``r`` keeps its first ``gammas[r]`` tokens."""
+    g_max = max(gammas)
+    toks, qs = [], []
+    for step in range(g_max):
+        if temperature > 0:
+            q = torch.softmax(logits.double() / temperature, -1)
+            t = torch.multinomial(q, 1, generator=generator)[:, 0]
+            qs.append(q)
+        else:
+            t = logits.argmax(-1)
+        toks.append(t)
+        if step + 1 < g_max:
+            logits = advance(t)
+    tok = torch.stack(toks, 1).tolist()
+    q_all = torch.stack(qs, 1) if qs else None
+    return Drafts([tok[r][:g] for r, g in enumerate(gammas)],
+                  [None if q_all is None else q_all[r, :g] for r, g in enumerate(gammas)])
+
+
 class ModelDrafter:
     """Drafts from a separate causal LM with the same vocabulary: ``gamma`` autoregressive steps
     per iteration over the rows' full histories (re-encoded each call: simple, and exact whatever
@@ -77,23 +100,14 @@ class ModelDrafter:
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
         logits = forward(self.model, ids, mask, pos, cache)[:, -1]
-        toks, qs = [], []
-        for step in range(g_max):
-            if temperature > 0:
-                q = torch.softmax(logits.double() / temperature, -1)
-                t = torch.multinomial(q, 1, generator=generator)[:, 0]
-                qs.append(q)
-            else:
-                t = logits.argmax(-1)
-            toks.append(t)
-            if step + 1 < g_max:
-                mask = torch.cat([mask, mask.new_ones(len(ids), 1)], 1)
-                pos = pos[:, -1:] + 1
-                logits = forward(self.model, t[:, None], mask, pos, cache)[:, -1]
-        tok = torch.stack(toks, 1).tolist()
-        q_all = torch.stack(qs, 1) if qs else None
-        return Drafts([tok[r][:g] for r, g in enumerate(gammas)],
-                      [None if q_all is None else q_all[r, :g] for r, g in enumerate(gammas)])
+
+        def advance(t: torch.Tensor) -> torch.Tensor:
+            nonlocal mask, pos
+            mask = torch.cat([mask, mask.new_ones(len(ids), 1)], 1)
+            pos = pos[:, -1:] + 1
+            return forward(self.model, t[:, None], mask, pos, cache)[:, -1]
+
+        return _sample_drafts(logits, gammas, temperature, generator, advance)
 
 
 class CachedModelDrafter:
@@ -177,21 +191,8 @@ class CachedModelDrafter:
         with torch.no_grad():
             logits = self._feed(histories)
             self.seen = [list(h) for h in histories]
-            toks, qs = [], []
-            for step in range(g_max):
-                if temperature > 0:
-                    q = torch.softmax(logits.double() / temperature, -1)
-                    t = torch.multinomial(q, 1, generator=generator)[:, 0]
-                    qs.append(q)
-                else:
-                    t = logits.argmax(-1)
-                toks.append(t)
-                if step + 1 < g_max:
-                    logits = self._step([[int(x)] for x in t])
-        tok = torch.stack(toks, 1).tolist()
-        q_all = torch.stack(qs, 1) if qs else None
-        return Drafts([tok[r][:g] for r, g in enumerate(gammas)],
-                      [None if q_all is None else q_all[r, :g] for r, g in enumerate(gammas)])
+            return _sample_drafts(logits, gammas, temperature, generator,
+                                  lambda t: self._step([[int(x)] for x in t]))
 
 
 def forward(model, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache):
