@@ -1,11 +1,23 @@
 """HiFloat4 quantize / dequantize on the GPU (CuPy RawModule), fused: one pass over the input.
 
-A 64-element block is handled by ``64 / V`` lanes: per-4 / per-8 / per-64 maxima by shuffles,
-``SF = bf16(Vmax * bf16(1/7))`` (products rounded to odd in float64 through an FMA residual,
-``numerics.hif4._mul_odd``), the E6M2 scale (generated table encoder, ``scale_rounding``),
-``REC = bf16(1/E6M2)`` from the reference's table, the micro-exponents, and the S1P2 elements
-rounded from the exact product ``|x| * REC`` (a 24 x 8-bit integer product on the 32-bit path).
-Output: logical (codes, scales, micro bits) or packed (nibbles + 4-byte metadata words).
+A 64-element block is handled by ``64 / V`` lanes: per-4 / per-8 / per-64 maxima (integer
+maxima of the magnitude bits) by shuffles, then in exact arithmetic the reference's steps
+(``numerics.hif4``):
+
+* 16/32-bit input, float32 path: ``SF = bf16(Vmax * bf16(1/7))`` from the product rounded to
+  odd in float32 (exact for bfloat16/float16), rounded to 8 bits and to the E6M2 code on its
+  bit pattern (``scale_constants``); ``REC = bf16(1/E6M2)`` from four bfloat16 patterns and the
+  exponent code; the micro-exponents compare ``V8 * REC`` / ``V16 * REC`` rounded toward zero
+  with 4 and 2 (exactly the comparisons of the exact products); S1P2 elements
+  ``k = round(|x| * REC * 2**(2 - shift))`` with ties away as the floor of one FMA rounded
+  toward zero (``|x| * F + 1/2``), ties to even by round-to-odd then ``cvt.rni``; other
+  roundings through the generic encoder on the exact 24 x 8-bit integer product.
+* float64 input or stochastic rounding: products rounded to odd in float64 (an FMA residual,
+  ``numerics.hif4._mul_odd``), the generated table encoders.
+
+``tests/test_kernels_gpu.py`` emulates the float32 path step by step in NumPy against the
+reference. Output: logical (codes, scales, micro bits) or packed (nibbles + 4-byte metadata
+words).
 """
 
 from __future__ import annotations
@@ -18,11 +30,13 @@ from lowbit.numerics import hif4 as ref
 from lowbit.numerics.api import _no_leftovers, _take
 from lowbit.numerics.blocks import make_blocking
 from lowbit.numerics.formats import BlockFormat, block_format
+from lowbit.numerics.specs import ElementFormat
 from lowbit.numerics.tensor import QuantizedTensor
 
 from . import cupy_core as cc
 
 QUANT_SRC = r"""
+#if USE64
 __device__ __forceinline__ double mul_odd(double a, double b) {
     double p = a * b;
     double e = fma(a, b, -p);
@@ -49,6 +63,43 @@ __device__ __forceinline__ double absval(bits_t b) {
     return f32_to_f64(__uint_as_float(BITS_ABS(b)));
 #endif
 }
+#else
+__device__ __forceinline__ float f32_mul_rz(float a, float b) {
+    float r; asm("mul.rz.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r;
+}
+__device__ __forceinline__ float f32_fma_rz(float a, float b, float c) {
+    float r; asm("fma.rz.f32 %0, %1, %2, %3;" : "=f"(r) : "f"(a), "f"(b), "f"(c)); return r;
+}
+__device__ __forceinline__ u32 cvt_rzi(float f) {
+    u32 r; asm("cvt.rzi.u32.f32 %0, %1;" : "=r"(r) : "f"(f)); return r;
+}
+__device__ __forceinline__ u32 cvt_rni(float f) {
+    u32 r; asm("cvt.rni.u32.f32 %0, %1;" : "=r"(r) : "f"(f)); return r;
+}
+
+/* The E6M2 code of SF = bf16(Vmax * bf16(1/7)), clamped, from the float32 bits of Vmax: the
+   product rounded to odd in float32 (exact for 16-bit inputs) is rounded to 8 bits with ties
+   to even on its bit pattern, clamped (patterns of positive floats order as integers), and its
+   7 stored mantissa bits are rounded to E6M2's 2 (scale_rounding), the carry moving into the
+   exponent; E6M2's exponent field is the float32 one minus SC_REBIAS. */
+__device__ __forceinline__ int scale_code32(u32 vmax) {
+    u32 b = __float_as_uint(f32_mul_odd(__uint_as_float(vmax), __uint_as_float(ONE_SEVENTH_BITS)));
+    b = (b + 0x7FFFu + ((b >> 16) & 1u)) & 0xFFFF0000u;
+    b = min(max(b, SF_MIN_BITS), SF_MAX_BITS);
+    u32 t = (b >> 16) - SC_REBIAS;
+#if SC_AWAY
+    return (int)((t + (1u << (SC_DROP - 1))) >> SC_DROP);
+#else
+    return (int)((t + (1u << (SC_DROP - 1)) - 1u + ((t >> SC_DROP) & 1u)) >> SC_DROP);
+#endif
+}
+
+/* REC = bf16(1 / E6M2) as float32 bits: the bfloat16 pattern of the mantissa code's reciprocal
+   (REC16, four 16-bit fields) with the exponent code subtracted. */
+__device__ __forceinline__ u32 rec_bits(int scode) {
+    return ((u32)((REC16 >> (16 * (scode & 3))) & 0xFFFFull) << 16) - ((u32)(scode >> 2) << 23);
+}
+#endif
 
 #define G4 (V / 4)
 #define G8 ((V >= 8) ? (V / 8) : 1)
@@ -58,9 +109,11 @@ extern "C" __global__ void hif4_quant(const in_t *__restrict__ x, const u32 *__r
                                       unsigned char *__restrict__ scales,
                                       unsigned char *__restrict__ micro, i64 rows, i64 length,
                                       i64 nb) {
+#if USE64
     __shared__ int SC_sh[4 * SC_SLOTS];
     for (int i = threadIdx.x; i < 4 * SC_SLOTS; i += blockDim.x) SC_sh[i] = SC_TAB[i];
     __syncthreads();
+#endif
     i64 total = rows * nb * L;
     i64 tid = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     Pos p = block_pos(tid, total, nb);
@@ -93,11 +146,12 @@ extern "C" __global__ void hif4_quant(const in_t *__restrict__ x, const u32 *__r
 #pragma unroll
     for (int g = 1; g < G8; g++) mx = max(mx, m8[g]);
     mx = lane_max(mx);
+    int e8[G8], e16[G4];
+#if USE64
     double sf = bf16_rne(mul_odd(absval(mx), ONE_SEVENTH));
     sf = fmin(fmax(sf, SF_MIN), SF_MAX);
     int scode = SC_enc<u64>(mag_f64((u64)__double_as_longlong(sf)), 0, 0u, 0, SC_sh);
     double rec = __longlong_as_double((i64)REC[scode]);
-    int e8[G8], e16[G4];
 #pragma unroll
     for (int g = 0; g < G8; g++) e8[g] = mul_odd(absval(m8[g]), rec) >= 4.0;
 #pragma unroll
@@ -105,6 +159,19 @@ extern "C" __global__ void hif4_quant(const in_t *__restrict__ x, const u32 *__r
         int ee = (V >= 8) ? e8[g / 2] : e8[0];
         e16[g] = mul_odd(absval(m16[g]), rec) >= (ee ? 4.0 : 2.0);
     }
+#else
+    /* thresholds on the product rounded toward zero: >= 2 or 4 exactly where the exact one is */
+    int scode = scale_code32(mx);
+    u32 recb = rec_bits(scode);
+    float rec = __uint_as_float(recb);
+#pragma unroll
+    for (int g = 0; g < G8; g++) e8[g] = f32_mul_rz(__uint_as_float(m8[g]), rec) >= 4.0f;
+#pragma unroll
+    for (int g = 0; g < G4; g++) {
+        int ee = (V >= 8) ? e8[g / 2] : e8[0];
+        e16[g] = f32_mul_rz(__uint_as_float(m16[g]), rec) >= (ee ? 4.0f : 2.0f);
+    }
+#endif
     int c[V];
 #pragma unroll
     for (int j = 0; j < V; j++) {
@@ -118,12 +185,19 @@ extern "C" __global__ void hif4_quant(const in_t *__restrict__ x, const u32 *__r
         if (p.valid && (ALIGNED || p.col0 + j < length)) r = rb[elem_index(p, length, j)];
 #endif
         c[j] = EL_enc<u64>(m, shift, r, nbits);
-#elif FASTENC
-        /* |x| * REC rounded to odd in float32 keeps the nearest rounding to S1P2 exact; the
-           micro-exponent shift is exact (values it would make subnormal encode to zero) */
-        float y = f32_mul_odd(__uint_as_float(BITS_ABS(v[j])), __uint_as_float(RECF[scode]));
-        y = f32_mul(y, __uint_as_float((u32)(127 - shift) << 23));
-        c[j] = EL_near(__float_as_uint(y) | (neg ? 0x80000000u : 0u));
+#elif ELMODE
+        /* the element grid is k * 2**-QBITS, k = 0..KMAX: k = round(|x| * F) with
+           F = REC * 2**(QBITS - shift) (exact: REC's exponent stays in range). Ties away:
+           floor of |x| * F + 1/2 rounded toward zero (the floor of the exact sum, integers
+           being representable); ties to even: the product rounded to odd, then to an integer. */
+        float f = __uint_as_float(recb + ((u32)(QBITS - shift) << 23));
+        float a = __uint_as_float(BITS_ABS(v[j]));
+#if ELMODE == 1
+        u32 k = cvt_rzi(f32_fma_rz(a, f, 0.5f));
+#else
+        u32 k = cvt_rni(f32_mul_odd(a, f));
+#endif
+        c[j] = (int)min(k, (u32)KMAX) | (neg ? SIGN_BIT : 0);
 #else
         Mag<u32> m = mag_f32(BITS_ABS(v[j]));
         m.P *= REC_SIG[scode];
@@ -156,6 +230,18 @@ extern "C" __global__ void hif4_quant(const in_t *__restrict__ x, const u32 *__r
     b16 = lane_or(b16);
     if (p.valid && p.lane == 0)
         reinterpret_cast<u32 *>(scales)[p.blk] = (u32)scode | (b8 << 8) | (b16 << 16);
+#elif V == 16
+    /* the 24 micro bytes of a block as six words: E1_8 bytes 0-7 from lanes 0 and 2 (each with
+       the next lane's two bytes), E1_16 bytes 8 + 4 * lane .. from every lane */
+    u32 w8 = (u32)e8[0] | ((u32)e8[1] << 8);
+    u32 w16 = (u32)e16[0] | ((u32)e16[1] << 8) | ((u32)e16[2] << 16) | ((u32)e16[3] << 24);
+    u32 next8 = __shfl_down_sync(0xffffffffu, w8, 1);
+    if (p.valid) {
+        u32 *mw = reinterpret_cast<u32 *>(micro + p.blk * 24);
+        if ((p.lane & 1) == 0) mw[p.lane / 2] = w8 | (next8 << 16);
+        mw[2 + p.lane] = w16;
+        if (p.lane == 0) scales[p.blk] = (unsigned char)scode;
+    }
 #else
     if (p.valid) {
         if (p.lane == 0) scales[p.blk] = (unsigned char)scode;
@@ -218,32 +304,79 @@ def _rec_parts(scale_fmt):
 
 
 @functools.cache
+def scale_constants(scale: ElementFormat) -> dict:
+    """Constants of the float32 scale path (``scale_code32``, ``rec_bits``), checked against
+    ``scale``: an E6M2-like format without subnormals, code ``(e << mb) | m`` for
+    ``2**(e - bias) * (1 + m / 2**mb)``, whose first and last finite values are SF_MIN and SF_MAX,
+    and whose reciprocals ``REC`` are the bfloat16 value of the mantissa code's reciprocal with
+    the exponent code subtracted."""
+    mb, bias = scale.man_bits, scale.bias
+    codes = np.arange(scale.nan_code)
+    want = np.exp2((codes >> mb) - bias) * (1 + (codes & ((1 << mb) - 1)) / 2**mb)
+    if (scale.encoding != "float" or scale.subnormals or scale.signed or mb > 7
+            or scale.nan_code != scale.n_codes - 1 or not np.array_equal(scale.values[:-1], want)
+            or want[0] != ref.SF_MIN or want[-1] != ref.SF_MAX):
+        raise ValueError(f"the float32 HiF4 scale path does not apply to {scale.name}")
+    rec = ref.reciprocals(scale)[:-1].astype(np.float32).view(np.uint32).astype(np.int64)
+    low = rec[: 1 << mb]
+    if not (np.array_equal(rec, low[codes & ((1 << mb) - 1)] - ((codes >> mb) << 23))
+            and not (low & 0xFFFF).any()):
+        raise ValueError(f"the reciprocals of {scale.name} do not have the float32 path's form")
+    return dict(ONE_SEVENTH_BITS=int(np.float32(ref.ONE_SEVENTH_BF16).view(np.uint32)),
+                SF_MIN_BITS=int(np.float32(ref.SF_MIN).view(np.uint32)),
+                SF_MAX_BITS=int(np.float32(ref.SF_MAX).view(np.uint32)),
+                SC_REBIAS=(127 - bias) << 7, SC_DROP=7 - mb,
+                REC16=sum(int(v >> 16) << (16 * i) for i, v in enumerate(low)))
+
+
+def element_constants(el: ElementFormat) -> dict | None:
+    """``QBITS``, ``KMAX``, ``SIGN_BIT`` where the element values are the fixed-point grid
+    ``k * 2**-QBITS`` (k = 0..KMAX, code ``k`` or ``SIGN_BIT | k``), as S1P2; else None."""
+    n = el.n_codes // 2
+    sign = el.sign_bit
+    q = el.values[1] if n > 1 else 0.0
+    qbits = -int(np.log2(q)) if q > 0 and np.log2(q) == int(np.log2(q)) else None
+    if (not el.signed or sign != n or qbits is None
+            or not np.array_equal(el.values[:n], np.arange(n) * q)
+            or not np.array_equal(el.values[n:], -np.arange(n) * q)):
+        return None
+    return dict(QBITS=qbits, KMAX=n - 1, SIGN_BIT=sign)
+
+
+@functools.cache
 def quant_source(fmt: BlockFormat, opts: ref.HiF4Options, in_kind: int, length: int,
                  pack: bool = False) -> str:
+    """The quantize kernel's source. float64 input and stochastic rounding take the float64
+    path (products rounded to odd, table encoders); 16/32-bit inputs the float32 path
+    (``scale_constants``; elements by ``element_constants`` for nearest roundings)."""
     stoch = opts.rounding == "stochastic"
     use64 = int(in_kind == 3 or stoch)
-    rec, sig, exp = _rec_parts(fmt.scale)
     nz = fmt.element.negative_zero_code
+    extra = dict(USE64=use64, STOCH=int(stoch), SC_NAN=fmt.scale.nan_code,
+                 NEG_ZERO=int(bool(opts.negative_zero)), NZCODE=-1 if nz is None else nz)
+    el = element_constants(fmt.element)
+    mode = {"nearest_away": 1, "nearest_even": 2}.get(opts.rounding, 0) if el else 0
+    enc = ""
+    if use64:
+        rec = ref.reciprocals(fmt.scale)
+        extra.update(ONE_SEVENTH=cc.double_literal(ref.ONE_SEVENTH_BF16),
+                     SF_MIN=cc.double_literal(ref.SF_MIN), SF_MAX=cc.double_literal(ref.SF_MAX))
+        enc = (cc.encoder_source("EL", fmt.element, True, opts.rounding)
+               + cc.encoder_source("SC", fmt.scale, True, opts.scale_rounding)
+               + cc.double_table("REC", rec))
+    else:
+        sc = scale_constants(fmt.scale)
+        extra.update({k: f"{v}u" for k, v in sc.items() if k != "REC16"},
+                     REC16=f"{sc['REC16']}ull", SC_AWAY=int(opts.scale_rounding == "nearest_away"),
+                     ELMODE=mode, **(el if mode else {}))
+        if not mode:
+            _, sig, exp = _rec_parts(fmt.scale)
+            enc = (cc.encoder_source("EL", fmt.element, True, opts.rounding)
+                   + cc.constant_array("REC_SIG", "u32", sig)
+                   + cc.constant_array("REC_EXP", "int", exp))
     defs, _ = cc.block_defines(in_kind, fmt.block_size, length, 4 if pack else 0, False,
-                               wide=True, extra=dict(USE64=use64, STOCH=int(stoch),
-                                          ONE_SEVENTH=cc.double_literal(ref.ONE_SEVENTH_BF16),
-                                          SF_MIN=cc.double_literal(ref.SF_MIN),
-                                          SF_MAX=cc.double_literal(ref.SF_MAX),
-                                          SC_NAN=fmt.scale.nan_code,
-                                          NEG_ZERO=int(bool(opts.negative_zero)),
-                                          NZCODE=-1 if nz is None else nz))
-    enc = cc.encoder_source("EL", fmt.element, True, opts.rounding)
-    assert not cc.uses_table(fmt.element, True)
-    near = "" if use64 else (cc.nearest_source("EL", fmt.element, True, opts.rounding) or "")
-    defs += f"#define FASTENC {int(bool(near))}\n"
-    enc += near
-    sc = cc.encoder_source("SC", fmt.scale, True, opts.scale_rounding)
-    recf = np.where(np.isfinite(rec), rec, 0.0).astype(np.float32).view(np.uint32)
-    assert np.array_equal(recf.view(np.float32).astype(np.float64)[np.isfinite(rec)],
-                          rec[np.isfinite(rec)])
-    tables = (cc.double_table("REC", rec) + cc.constant_array("RECF", "u32", recf)
-              + cc.constant_array("REC_SIG", "u32", sig) + cc.constant_array("REC_EXP", "int", exp))
-    return cc.prelude(in_kind) + defs + cc.BLOCK_IO + enc + sc + tables + QUANT_SRC
+                               wide=True, extra=extra)
+    return cc.prelude(in_kind) + defs + cc.BLOCK_IO + enc + QUANT_SRC
 
 
 def quantize_dev(x, fmt: BlockFormat, opts: ref.HiF4Options, axis: int = -1, rbits=None,
