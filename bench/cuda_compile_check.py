@@ -68,11 +68,13 @@ def sources():
     for out in (0, 1, 2, 3):
         yield cupy_core.prelude(0, out) + cupy_absmax.DEQUANT_SRC + cupy_absmax.DEQUANT8_SRC
     spec = ln.block_format("hif4")
-    for kind in (0, 1, 3):
-        for rounding in ("nearest_away", "nearest_even", "stochastic"):
-            opts = hif4.hif4_options(rounding=rounding)
-            for p in (False, True):
-                yield cupy_hif4.quant_source(spec, opts, kind, 128, p)
+    for kind in (0, 1, 2, 3):
+        for rounding in ("nearest_away", "nearest_even", "toward_zero", "stochastic"):
+            for extra in ({}, {"negative_zero": False, "scale_rounding": "nearest_away"}):
+                opts = hif4.hif4_options(rounding=rounding, **extra)
+                for length in (128, 100):
+                    for p in (False, True):
+                        yield cupy_hif4.quant_source(spec, opts, kind, length, p)
     for out in (0, 1, 2, 3):
         for length in (128, 100):
             yield cupy_hif4.dequant_source(spec, length, out)

@@ -15,9 +15,9 @@ borrow into each other):
 
 MX scales by a power of two, exactly in bfloat16 (``scaled``). NVFP4 multiplies by a float32
 factor: each product is rounded in float32 as the reference does, then to odd into a bfloat16
-pair (``bf16x2_odd``: truncate, set the last bit where inexact), which the unscaled, clamped
-encoder rounds to E2M1 as if from the float32 value (rounding to odd with at least two extra
-bits, 8 >= 2 + 2, makes the second rounding exact).
+pair (``bf16x2_odd``: truncate, set the last bit where inexact by one ``min.u16x2``), which
+the unscaled, clamped encoder rounds to E2M1 as if from the float32 value (rounding to odd with
+at least two extra bits, 8 >= 2 + 2, makes the second rounding exact).
 
 ``<name>_near2(w, p2)``: ``w`` holds two bfloat16 inputs (element ``j`` in the low half, ``j+1``
 in the high half), ``p2`` the scale ``2**-k`` as bfloat16 in both halves. Per half, ``y = |x| *
@@ -70,12 +70,10 @@ __device__ __forceinline__ u32 {name}_near2(u32 w{p2_arg}) {{
 
 ODD_SRC = r"""
 /* Two float32 values (bits lo, hi) as a bfloat16 pair rounded to odd (truncated, the last bit
-   set where inexact): rounding it to at most 6 significant bits equals rounding the float32
-   values themselves. */
+   set where inexact: min(dropped half, 1) per half): rounding it to at most 6 significant bits
+   equals rounding the float32 values themselves. */
 __device__ __forceinline__ u32 bf16x2_odd(u32 lo, u32 hi) {
-    u32 t = __byte_perm(lo, hi, 0x7632);
-    u32 r = __byte_perm(lo, hi, 0x5410);
-    return t | (((((r & 0x7FFF7FFFu) + 0x7FFF7FFFu) | r) >> 15) & 0x00010001u);
+    return __byte_perm(lo, hi, 0x7632) | u16x2_min(__byte_perm(lo, hi, 0x5410), 0x00010001u);
 }
 """
 
@@ -141,6 +139,12 @@ __device__ __forceinline__ void store_code_words(unsigned char *__restrict__ out
 #endif
 }
 """
+
+
+def words_source() -> str:
+    """CUDA source of the pair instructions and the word helpers alone (``load_words``,
+    ``words_amax``, ``store_code_words``), for kernels with their own element step."""
+    return PTX_SRC + WORDS_SRC
 
 
 def near2_params(spec: ElementFormat, bounded: bool = True) -> dict | None:

@@ -23,6 +23,7 @@ words).
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 
@@ -33,6 +34,7 @@ from lowbit.numerics.formats import BlockFormat, block_format
 from lowbit.numerics.specs import ElementFormat
 from lowbit.numerics.tensor import QuantizedTensor
 
+from . import cupy_bf16x2
 from . import cupy_core as cc
 
 QUANT_SRC = r"""
@@ -70,12 +72,28 @@ __device__ __forceinline__ float f32_mul_rz(float a, float b) {
 __device__ __forceinline__ float f32_fma_rz(float a, float b, float c) {
     float r; asm("fma.rz.f32 %0, %1, %2, %3;" : "=f"(r) : "f"(a), "f"(b), "f"(c)); return r;
 }
-__device__ __forceinline__ u32 cvt_rzi(float f) {
-    u32 r; asm("cvt.rzi.u32.f32 %0, %1;" : "=r"(r) : "f"(f)); return r;
+__device__ __forceinline__ float f32_fma_rn(float a, float b, float c) {
+    float r; asm("fma.rn.f32 %0, %1, %2, %3;" : "=f"(r) : "f"(a), "f"(b), "f"(c)); return r;
 }
-__device__ __forceinline__ u32 cvt_rni(float f) {
-    u32 r; asm("cvt.rni.u32.f32 %0, %1;" : "=r"(r) : "f"(f)); return r;
+__device__ __forceinline__ float f32_add_rz(float a, float b) {
+    float r; asm("add.rz.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r;
 }
+
+/* 2**23 + k for an element magnitude a and its factor f = REC * 2**(QBITS - shift), where
+   k = min(KMAX, round(a * f)) (the pattern's low bits are k: the float32 ulp in [2**23, 2**24)
+   is 1). Ties away: floor(a * f + 1/2) is the floor of the FMA rounded toward zero (integers
+   are representable, so rounding toward zero never crosses one), taken by an addition of 2**23
+   rounded toward zero; ties to even: one FMA a * f + 2**23 rounds the exact product to an
+   integer. No conversion instruction (quarter rate) is needed. */
+#if ELMODE == 1
+__device__ __forceinline__ float elem_k(float a, float f) {
+    return f32_add_rz(fminf(f32_fma_rz(a, f, 0.5f), (float)KMAX), 8388608.0f);
+}
+#elif ELMODE == 2
+__device__ __forceinline__ float elem_k(float a, float f) {
+    return fminf(f32_fma_rn(a, f, 8388608.0f), 8388608.0f + KMAX);
+}
+#endif
 
 /* The E6M2 code of SF = bf16(Vmax * bf16(1/7)), clamped, from the float32 bits of Vmax: the
    product rounded to odd in float32 (exact for 16-bit inputs) is rounded to 8 bits with ties
@@ -117,24 +135,34 @@ extern "C" __global__ void hif4_quant(const in_t *__restrict__ x, const u32 *__r
     i64 total = rows * nb * L;
     i64 tid = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     Pos p = block_pos(tid, total, nb);
+    bits_t m16[G4], m8[G8];
+#if PAIRS
+    u32 w[V / 2];
+    load_words(x, p, w);
+#pragma unroll
+    for (int g = 0; g < G4; g++) {
+        u32 m = u16x2_max(w[2 * g] & 0x7FFF7FFFu, w[2 * g + 1] & 0x7FFF7FFFu);
+        m16[g] = max(m >> 16, m & 0xFFFFu) << 16;
+    }
+#else
     bits_t v[V];
     load_vals(x, p, length, v);
-    bits_t big = 0;
-#pragma unroll
-    for (int j = 0; j < V; j++) big = max(big, BITS_ABS(v[j]));
-    big = lane_max(big);
-    bool bad = big >= BITS_INF;
-    if (bad) {
-#pragma unroll
-        for (int j = 0; j < V; j++) v[j] = 0;
-    }
-    bits_t m16[G4], m8[G8];
 #pragma unroll
     for (int g = 0; g < G4; g++) {
         bits_t m = 0;
 #pragma unroll
         for (int j = 0; j < 4; j++) m = max(m, BITS_ABS(v[4 * g + j]));
         m16[g] = m;
+    }
+#endif
+    bits_t big = m16[0];
+#pragma unroll
+    for (int g = 1; g < G4; g++) big = max(big, m16[g]);
+    big = lane_max(big);
+    bool bad = big >= BITS_INF;
+    if (bad) {
+#pragma unroll
+        for (int g = 0; g < G4; g++) m16[g] = 0;
     }
 #if V >= 8
 #pragma unroll
@@ -172,6 +200,24 @@ extern "C" __global__ void hif4_quant(const in_t *__restrict__ x, const u32 *__r
         e16[g] = f32_mul_rz(__uint_as_float(m16[g]), rec) >= (ee ? 4.0f : 2.0f);
     }
 #endif
+#if PAIRS
+    /* two elements per word: the k of both halves from their float32 patterns, the sign moved
+       from bit 15 / 31 to SIGN_BIT where |x| != 0 (and, without NEG_ZERO, k != 0) */
+    u32 cw[V / 2];
+#pragma unroll
+    for (int h = 0; h < V / 2; h++) {
+        float f = __uint_as_float(recb + ((u32)(QBITS - e8[h / 4] - e16[h / 2]) << 23));
+        u32 wa = w[h] & 0x7FFF7FFFu;
+        u32 kw = __byte_perm(__float_as_uint(elem_k(__uint_as_float(wa << 16), f)),
+                             __float_as_uint(elem_k(__uint_as_float(wa & 0xFFFF0000u), f)),
+                             0x5410);
+        u32 nz = (wa + 0x7FFF7FFFu) & 0x80008000u;
+#if !NEG_ZERO
+        nz &= (kw + 0x7FFF7FFFu) & 0x80008000u;
+#endif
+        cw[h] = bad ? 0u : (kw | ((w[h] & nz) >> SIGN_DOWN));
+    }
+#else
     int c[V];
 #pragma unroll
     for (int j = 0; j < V; j++) {
@@ -186,18 +232,9 @@ extern "C" __global__ void hif4_quant(const in_t *__restrict__ x, const u32 *__r
 #endif
         c[j] = EL_enc<u64>(m, shift, r, nbits);
 #elif ELMODE
-        /* the element grid is k * 2**-QBITS, k = 0..KMAX: k = round(|x| * F) with
-           F = REC * 2**(QBITS - shift) (exact: REC's exponent stays in range). Ties away:
-           floor of |x| * F + 1/2 rounded toward zero (the floor of the exact sum, integers
-           being representable); ties to even: the product rounded to odd, then to an integer. */
         float f = __uint_as_float(recb + ((u32)(QBITS - shift) << 23));
-        float a = __uint_as_float(BITS_ABS(v[j]));
-#if ELMODE == 1
-        u32 k = cvt_rzi(f32_fma_rz(a, f, 0.5f));
-#else
-        u32 k = cvt_rni(f32_mul_odd(a, f));
-#endif
-        c[j] = (int)min(k, (u32)KMAX) | (neg ? SIGN_BIT : 0);
+        u32 k = __float_as_uint(elem_k(__uint_as_float(BITS_ABS(v[j])), f)) - 0x4B000000u;
+        c[j] = (int)k | (neg ? SIGN_BIT : 0);
 #else
         Mag<u32> m = mag_f32(BITS_ABS(v[j]));
         m.P *= REC_SIG[scode];
@@ -208,6 +245,7 @@ extern "C" __global__ void hif4_quant(const in_t *__restrict__ x, const u32 *__r
         if (!NEG_ZERO && c[j] == NZCODE) c[j] = 0;
         if (bad) c[j] = 0;
     }
+#endif
     if (bad) {
         scode = SC_NAN;
 #pragma unroll
@@ -215,7 +253,11 @@ extern "C" __global__ void hif4_quant(const in_t *__restrict__ x, const u32 *__r
 #pragma unroll
         for (int g = 0; g < G4; g++) e16[g] = 0;
     }
+#if PAIRS
+    store_code_words(codes, p, cw);
+#else
     store_codes(codes, p, length, nb, c);
+#endif
 #if PACK
     u32 b8 = 0, b16 = 0;
 #if V >= 8
@@ -374,9 +416,24 @@ def quant_source(fmt: BlockFormat, opts: ref.HiF4Options, in_kind: int, length: 
             enc = (cc.encoder_source("EL", fmt.element, True, opts.rounding)
                    + cc.constant_array("REC_SIG", "u32", sig)
                    + cc.constant_array("REC_EXP", "int", exp))
+    pairs = _pairs(fmt, in_kind, length, mode)
+    if pairs:
+        extra["SIGN_DOWN"] = 15 - (el["SIGN_BIT"].bit_length() - 1)
+        enc += cupy_bf16x2.words_source()
+    extra["PAIRS"] = int(pairs)
     defs, _ = cc.block_defines(in_kind, fmt.block_size, length, 4 if pack else 0, False,
                                wide=True, extra=extra)
     return cc.prelude(in_kind) + defs + cc.BLOCK_IO + enc + QUANT_SRC
+
+
+def _pairs(fmt: BlockFormat, in_kind: int, length: int, mode: int) -> bool:
+    """Whether the element step runs on pairs of bfloat16 elements (``cupy_bf16x2``'s word
+    loads, ``max.u16x2`` maxima and code-word stores): bfloat16 input in rows of whole blocks,
+    a nearest rounding of the float32 path, sm_90; ``LOWBIT_CUPY_BF16X2=0`` turns it off."""
+    if os.environ.get("LOWBIT_CUPY_BF16X2", "1") == "0" or cc.compute_capability() < 90:
+        return False
+    return in_kind == 1 and mode != 0 and length % fmt.block_size == 0 \
+        and cc.lanes(in_kind, fmt.block_size, True) == 16
 
 
 def quantize_dev(x, fmt: BlockFormat, opts: ref.HiF4Options, axis: int = -1, rbits=None,

@@ -80,7 +80,7 @@ def _odd(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """``bf16x2_odd`` on float32 bit patterns (int64), op by op."""
     t = _byte_perm(lo, hi, 0x7632)
     r = _byte_perm(lo, hi, 0x5410)
-    return t | (((((r & 0x7FFF7FFF) + 0x7FFF7FFF) | r) >> 15) & 0x00010001)
+    return t | _u16x2(np.minimum, r, 0x00010001)
 
 
 def _bf16_bits(x: np.ndarray) -> np.ndarray:

@@ -1,9 +1,10 @@
 """The float32 path of the CuPy HiF4 quantizer (``kernels.cupy_hif4``, 16/32-bit inputs),
 emulated step by step in NumPy with the constants of its generated source, against the
 reference: the E6M2 scale from the bit pattern of ``Vmax * bf16(1/7)``, ``REC`` from four
-bfloat16 patterns, micro-exponents from products rounded toward zero, S1P2 elements by one
-FMA rounded toward zero (ties away) or round-to-odd then ``rint`` (ties to even). Inputs sit on
-and next to every kind of decision point. Runs without a GPU; ``bench/gpu_check.py`` runs the
+bfloat16 patterns, micro-exponents from products rounded toward zero, S1P2 elements as the low
+bits of ``2**23 + k`` (an FMA rounded toward zero then an addition rounded toward zero for ties
+away, one FMA for ties to even), on single elements and on the bfloat16 pair words. Inputs sit
+on and next to every kind of decision point. Runs without a GPU; ``bench/gpu_check.py`` runs the
 CUDA code itself.
 """
 
@@ -39,10 +40,27 @@ def _f(bits) -> np.ndarray:
     return np.asarray(bits, dtype=np.uint32).view(np.float32).astype(np.float64)
 
 
-def emulate(x: np.ndarray, rounding: str, scale_rounding: str, negative_zero: bool):
+def _pair_codes(bits: np.ndarray, k: np.ndarray, negative_zero: bool) -> np.ndarray:
+    """The pair path's codes: words of two bfloat16 inputs (element 2i low), the k of both
+    halves by a byte permute, the sign moved from bit 15 / 31 where |x| != 0 (and k != 0)."""
+    h = (bits >> 16).astype(np.uint32)
+    w = h[:, 0::2] | (h[:, 1::2] << 16)
+    kw = (k[:, 0::2] & 0xFFFF | (k[:, 1::2] & 0xFFFF) << 16).astype(np.uint32)
+    wa = w & np.uint32(0x7FFF7FFF)
+    nz = (wa + np.uint32(0x7FFF7FFF)) & np.uint32(0x80008000)
+    if not negative_zero:
+        nz &= (kw + np.uint32(0x7FFF7FFF)) & np.uint32(0x80008000)
+    sign_down = 15 - (EL["SIGN_BIT"].bit_length() - 1)
+    cw = (kw | ((w & nz) >> np.uint32(sign_down))).astype(np.int64)
+    return np.stack([cw & 0xFFFF, cw >> 16], -1).reshape(k.shape)
+
+
+def emulate(x: np.ndarray, rounding: str, scale_rounding: str, negative_zero: bool,
+            pairs: bool = False):
     """(codes, scales, micro) of finite float32 blocks ``(n, 64)`` as the float32 path makes
     them, operation by operation (products of a float32 and a <= 8-bit float are exact in
-    float64, so each rounded PTX operation is the rounding of an exact float64 value)."""
+    float64, so each rounded PTX operation is the rounding of an exact float64 value);
+    ``pairs``: the bfloat16 pair path's code words (``x`` holds bfloat16 values)."""
     bits = x.view(np.uint32)
     a = bits & np.uint32(0x7FFFFFFF)
     m16 = a.reshape(-1, 16, 4).max(-1)
@@ -67,14 +85,19 @@ def emulate(x: np.ndarray, rounding: str, scale_rounding: str, negative_zero: bo
     shift = np.repeat(e8, 8, -1) + np.repeat(e16, 4, -1)
     f = _f(recb[:, None] + ((EL["QBITS"] - shift) << 23))
     prod = _f(a) * f
-    if rounding == "nearest_away":
-        k = np.trunc(_toward_zero_f32(prod + 0.5))
+    if rounding == "nearest_away":  # add.rz(min(fma.rz(a, f, 1/2), KMAX), 2**23)
+        t1 = np.minimum(_toward_zero_f32(prod + 0.5), EL["KMAX"]).astype(np.float64)
+        t = _toward_zero_f32(t1 + 2.0**23)
+    else:  # min(fma.rn(a, f, 2**23), 2**23 + KMAX): one rounding of the exact sum
+        t = (2.0**23 + np.minimum(np.rint(prod), EL["KMAX"])).astype(np.float32)
+    k = (t.view(np.uint32) - np.uint32(0x4B000000)).astype(np.int64)
+    if pairs:
+        codes = _pair_codes(bits, k, negative_zero)
     else:
-        k = np.rint(_odd_f32(prod))
-    neg = (bits >> 31).astype(bool) & (a != 0)
-    codes = np.minimum(k, EL["KMAX"]).astype(np.int64) | np.where(neg, EL["SIGN_BIT"], 0)
-    if not negative_zero:
-        codes = np.where(codes == SPEC.element.negative_zero_code, 0, codes)
+        neg = (bits >> 31).astype(bool) & (a != 0)
+        codes = k | np.where(neg, EL["SIGN_BIT"], 0)
+        if not negative_zero:
+            codes = np.where(codes == SPEC.element.negative_zero_code, 0, codes)
     return codes.astype(np.uint8), scode.astype(np.uint8), np.concatenate([e8, e16], -1)
 
 
@@ -130,11 +153,13 @@ def test_float32_path_emulated_equals_reference(bf16, rounding, scale_rounding, 
     x = _inputs(rng, scale_rounding, bf16)
     opts = dict(rounding=rounding, scale_rounding=scale_rounding, negative_zero=negative_zero)
     q = ln.quantize(x, "hif4", backend="reference", **opts)
-    codes, scales, micro = emulate(x, rounding, scale_rounding, negative_zero)
-    assert np.array_equal(scales, q.scales.reshape(-1))
-    assert np.array_equal(micro, q.micro.reshape(-1, 24))
-    bad = np.argwhere(codes != q.codes)
-    assert bad.size == 0, (x[tuple(bad[:3].T)], codes[tuple(bad[:3].T)], q.codes[tuple(bad[:3].T)])
+    for pairs in (False, True) if bf16 else (False,):
+        codes, scales, micro = emulate(x, rounding, scale_rounding, negative_zero, pairs)
+        assert np.array_equal(scales, q.scales.reshape(-1))
+        assert np.array_equal(micro, q.micro.reshape(-1, 24))
+        bad = np.argwhere(codes != q.codes)
+        assert bad.size == 0, (pairs, x[tuple(bad[:3].T)], codes[tuple(bad[:3].T)],
+                               q.codes[tuple(bad[:3].T)])
 
 
 def test_inputs_reach_every_decision():
