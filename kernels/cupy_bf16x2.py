@@ -15,9 +15,10 @@ borrow into each other):
 
 MX scales by a power of two, exactly in bfloat16 (``scaled``). NVFP4 multiplies by a float32
 factor: each product is rounded in float32 as the reference does, then to odd into a bfloat16
-pair (``bf16x2_odd``: truncate, set the last bit where inexact by one ``min.u16x2``), which
-the unscaled, clamped encoder rounds to E2M1 as if from the float32 value (rounding to odd with
-at least two extra bits, 8 >= 2 + 2, makes the second rounding exact).
+pair of magnitudes (``bf16x2_odd``: truncate, set the last bit where inexact by one
+``min.u16x2``), which the unscaled, clamped encoder (signs from the input word) rounds to E2M1
+as if from the float32 value (rounding to odd with at least two extra bits, 8 >= 2 + 2, makes
+the second rounding exact).
 
 ``<name>_near2(w, p2)``: ``w`` holds two bfloat16 inputs (element ``j`` in the low half, ``j+1``
 in the high half), ``p2`` the scale ``2**-k`` as bfloat16 in both halves. Per half, ``y = |x| *
@@ -64,16 +65,22 @@ __device__ __forceinline__ u32 {name}_near2(u32 w{p2_arg}) {{
     u32 mbits = eb + {moff2}u;
     u32 n = bf16x2_add(y, mbits) - mbits;
     u32 code = u16x2_min(n + ((eb - {emin2}u) >> {shift}), {maxc2}u);
-    return code | ((w >> {sign_down}) & {sign2}u);
+    return code | (({sign_src} >> {sign_down}) & {sign2}u);
 }}
 """
 
 ODD_SRC = r"""
-/* Two float32 values (bits lo, hi) as a bfloat16 pair rounded to odd (truncated, the last bit
-   set where inexact: min(dropped half, 1) per half): rounding it to at most 6 significant bits
-   equals rounding the float32 values themselves. */
+/* The magnitudes of two float32 values (bits lo, hi) as a bfloat16 pair rounded to odd
+   (truncated, the last bit set where inexact: min(dropped half, 1) per half; one LOP3 ORs it in
+   and clears the signs): rounding it to at most 6 significant bits equals rounding the float32
+   values themselves. */
 __device__ __forceinline__ u32 bf16x2_odd(u32 lo, u32 hi) {
-    return __byte_perm(lo, hi, 0x7632) | u16x2_min(__byte_perm(lo, hi, 0x5410), 0x00010001u);
+    u32 d;
+    asm("lop3.b32 %0, %1, %2, %3, 0xA8;"    /* (a | b) & c */
+        : "=r"(d)
+        : "r"(__byte_perm(lo, hi, 0x7632)),
+          "r"(u16x2_min(__byte_perm(lo, hi, 0x5410), 0x00010001u)), "r"(0x7FFF7FFFu));
+    return d;
 }
 """
 
@@ -168,7 +175,8 @@ def near2_source(name: str, spec: ElementFormat, scaled: bool = True,
                  bounded: bool = True) -> str | None:
     """CUDA source of ``<name>_near2`` and the word helpers, or None where it does not apply.
     ``scaled``: ``<name>_near2(w, p2)`` multiplies by ``p2`` (a power of two per half, MX);
-    otherwise ``<name>_near2(w)`` encodes ``w`` as it is (a pair from ``bf16x2_odd``)."""
+    otherwise ``<name>_near2(w, sw)`` encodes the magnitudes ``w`` as they are (a pair from
+    ``bf16x2_odd``, sign bits clear) with the signs of ``sw`` (bits 15 and 31: the input word)."""
     p = near2_params(spec, bounded)
     if p is None:
         return None
@@ -176,8 +184,9 @@ def near2_source(name: str, spec: ElementFormat, scaled: bool = True,
     if p["eclamp2"] is not None:
         eb = f"u16x2_min({eb}, {p['eclamp2']}u)"
     fields = dict(
-        name=name, eb=eb, p2_arg=", u32 p2" if scaled else "",
-        y="bf16x2_mul(w & 0x7FFF7FFFu, p2)" if scaled else "w & 0x7FFF7FFFu",
+        name=name, eb=eb, p2_arg=", u32 p2" if scaled else ", u32 sw",
+        sign_src="w" if scaled else "sw",
+        y="bf16x2_mul(w & 0x7FFF7FFFu, p2)" if scaled else "w",
         scaled_doc=" times p2 = 2**-k (both halves)" if scaled else "",
         bound_doc="; inputs finite with |y| < 2**(emax + 2)" if bounded else "",
         **{k: v for k, v in p.items() if k != "eclamp2"})

@@ -69,29 +69,38 @@ __device__ __forceinline__ double absval(bits_t b) {
 __device__ __forceinline__ float f32_mul_rz(float a, float b) {
     float r; asm("mul.rz.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r;
 }
-__device__ __forceinline__ float f32_fma_rz(float a, float b, float c) {
-    float r; asm("fma.rz.f32 %0, %1, %2, %3;" : "=f"(r) : "f"(a), "f"(b), "f"(c)); return r;
+/* |a| * b + c with one rounding (toward zero / to nearest even); the abs (no flush to zero)
+   folds into the FMA's operand */
+__device__ __forceinline__ float f32_absfma_rz(float a, float b, float c) {
+    float r;
+    asm("{ .reg .f32 t; abs.f32 t, %1; fma.rz.f32 %0, t, %2, %3; }"
+        : "=f"(r) : "f"(a), "f"(b), "f"(c));
+    return r;
 }
-__device__ __forceinline__ float f32_fma_rn(float a, float b, float c) {
-    float r; asm("fma.rn.f32 %0, %1, %2, %3;" : "=f"(r) : "f"(a), "f"(b), "f"(c)); return r;
+__device__ __forceinline__ float f32_absfma_rn(float a, float b, float c) {
+    float r;
+    asm("{ .reg .f32 t; abs.f32 t, %1; fma.rn.f32 %0, t, %2, %3; }"
+        : "=f"(r) : "f"(a), "f"(b), "f"(c));
+    return r;
 }
 __device__ __forceinline__ float f32_add_rz(float a, float b) {
     float r; asm("add.rz.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r;
 }
 
-/* 2**23 + k for an element magnitude a and its factor f = REC * 2**(QBITS - shift), where
-   k = min(KMAX, round(a * f)) (the pattern's low bits are k: the float32 ulp in [2**23, 2**24)
-   is 1). Ties away: floor(a * f + 1/2) is the floor of the FMA rounded toward zero (integers
-   are representable, so rounding toward zero never crosses one), taken by an addition of 2**23
-   rounded toward zero; ties to even: one FMA a * f + 2**23 rounds the exact product to an
-   integer. No conversion instruction (quarter rate) is needed. */
+/* 2**23 + k for an element a (of which the magnitude is used) and its factor
+   f = REC * 2**(QBITS - shift), where k = min(KMAX, round(|a| * f)): the pattern's low bits are
+   k (the float32 ulp in [2**23, 2**24) is 1). Ties away: floor(|a| * f + 1/2) is the floor of
+   the FMA rounded toward zero (integers are representable, so rounding toward zero never
+   crosses one), taken by an addition of 2**23 rounded toward zero; ties to even: one FMA
+   |a| * f + 2**23 rounds the exact product to an integer. No conversion instruction (quarter
+   rate) is needed. */
 #if ELMODE == 1
 __device__ __forceinline__ float elem_k(float a, float f) {
-    return f32_add_rz(fminf(f32_fma_rz(a, f, 0.5f), (float)KMAX), 8388608.0f);
+    return f32_add_rz(fminf(f32_absfma_rz(a, f, 0.5f), (float)KMAX), 8388608.0f);
 }
 #elif ELMODE == 2
 __device__ __forceinline__ float elem_k(float a, float f) {
-    return fminf(f32_fma_rn(a, f, 8388608.0f), 8388608.0f + KMAX);
+    return fminf(f32_absfma_rn(a, f, 8388608.0f), 8388608.0f + KMAX);
 }
 #endif
 
@@ -207,10 +216,10 @@ extern "C" __global__ void hif4_quant(const in_t *__restrict__ x, const u32 *__r
 #pragma unroll
     for (int h = 0; h < V / 2; h++) {
         float f = __uint_as_float(recb + ((u32)(QBITS - e8[h / 4] - e16[h / 2]) << 23));
-        u32 wa = w[h] & 0x7FFF7FFFu;
-        u32 kw = __byte_perm(__float_as_uint(elem_k(__uint_as_float(wa << 16), f)),
-                             __float_as_uint(elem_k(__uint_as_float(wa & 0xFFFF0000u), f)),
+        u32 kw = __byte_perm(__float_as_uint(elem_k(__uint_as_float(w[h] << 16), f)),
+                             __float_as_uint(elem_k(__uint_as_float(w[h] & 0xFFFF0000u), f)),
                              0x5410);
+        u32 wa = w[h] & 0x7FFF7FFFu;
         u32 nz = (wa + 0x7FFF7FFFu) & 0x80008000u;
 #if !NEG_ZERO
         nz &= (kw + 0x7FFF7FFFu) & 0x80008000u;
@@ -233,7 +242,7 @@ extern "C" __global__ void hif4_quant(const in_t *__restrict__ x, const u32 *__r
         c[j] = EL_enc<u64>(m, shift, r, nbits);
 #elif ELMODE
         float f = __uint_as_float(recb + ((u32)(QBITS - shift) << 23));
-        u32 k = __float_as_uint(elem_k(__uint_as_float(BITS_ABS(v[j])), f)) - 0x4B000000u;
+        u32 k = __float_as_uint(elem_k(__uint_as_float(v[j]), f)) - 0x4B000000u;
         c[j] = (int)k | (neg ? SIGN_BIT : 0);
 #else
         Mag<u32> m = mag_f32(BITS_ABS(v[j]));

@@ -102,7 +102,6 @@ extern "C" __global__ void nv_quant(const in_t *__restrict__ x,
     const int *SC_sh = 0;
 #endif
     EL_PROLOGUE
-    __shared__ float FAC[SC_N + 1];
     const float FMAX = 3.4028234663852886e38f, one = 1.0f, e_max = 6.0f, s_max = 448.0f;
     i64 total = rows * nb * L;
     i64 tid = (i64)blockIdx.x * blockDim.x + threadIdx.x;
@@ -114,10 +113,9 @@ extern "C" __global__ void nv_quant(const in_t *__restrict__ x,
     bits_t raw[V];
     load_vals(x, p, length, raw);
 #endif
-    /* while the input loads are in flight: the per-tensor constants, shared by the block */
-    for (int i = threadIdx.x; i <= SC_N; i += blockDim.x) FAC[i] = __ldg(consts + i);
-    __syncthreads();
-    const float TC = FAC[SC_N];
+    /* the per-tensor constant and, below, the factor of the block's scale code: 129 floats
+       that stay in L1 */
+    const float TC = __ldg(consts + SC_N);
 #if BF16X2
     u32 am, big;
     words_amax(w, am, big);
@@ -151,7 +149,7 @@ extern "C" __global__ void nv_quant(const in_t *__restrict__ x,
     t = f32_is_zero(t) ? one : t;
     int code = ue4m3(f32_min(f32_max(t, 0.001953125f), s_max), SC_sh);
 #endif
-    float factor = FAC[code];
+    float factor = __ldg(consts + code);
     u32 bad = (big >= 0x7F800000u) ? 1u : 0u;
 #if BF16X2
     /* a NaN product needs a zero or infinite factor (finite inputs): checked only then */
@@ -162,7 +160,7 @@ extern "C" __global__ void nv_quant(const in_t *__restrict__ x,
     for (int h = 0; h < V / 2; h++) {
         u32 y0 = __float_as_uint(f32_mul(__uint_as_float(w[h] << 16), factor));
         u32 y1 = __float_as_uint(f32_mul(__uint_as_float(w[h] & 0xFFFF0000u), factor));
-        cw[h] = EL_near2(bf16x2_odd(y0, y1));
+        cw[h] = EL_near2(bf16x2_odd(y0, y1), w[h]);
     }
     if (risky) {
 #pragma unroll

@@ -55,12 +55,13 @@ def _bf16x2(op, a: np.ndarray, b: np.ndarray | int) -> np.ndarray:
     return _pair(*(_bf16_rne(op(_bf16_value(x), _bf16_value(y))) for x, y in ((a0, b0), (a1, b1))))
 
 
-def _near2(w: np.ndarray, p2: np.ndarray | int | None, prm: dict) -> np.ndarray:
+def _near2(w: np.ndarray, p2: np.ndarray | int | None, prm: dict,
+           sw: np.ndarray | None = None) -> np.ndarray:
     """``NEAR2_TEMPLATE`` with ``near2_params`` on uint32 words (held in int64), op by op;
     32-bit integer adds and shifts act on the whole word, as in the kernel. ``p2`` None: the
-    unscaled form."""
+    unscaled form, signs from ``sw``."""
     m32 = 0xFFFFFFFF
-    y = w & 0x7FFF7FFF if p2 is None else _bf16x2(np.multiply, w & 0x7FFF7FFF, p2)
+    y = w if p2 is None else _bf16x2(np.multiply, w & 0x7FFF7FFF, p2)
     eb = _u16x2(np.maximum, y & 0x7F807F80, prm["emin2"])
     if prm["eclamp2"] is not None:
         eb = _u16x2(np.minimum, eb, prm["eclamp2"])
@@ -68,7 +69,7 @@ def _near2(w: np.ndarray, p2: np.ndarray | int | None, prm: dict) -> np.ndarray:
     n = (_bf16x2(np.add, y, mbits) - mbits) & m32
     code = _u16x2(np.minimum, (n + (((eb - prm["emin2"]) & m32) >> prm["shift"])) & m32,
                   prm["maxc2"])
-    return code | ((w >> prm["sign_down"]) & prm["sign2"])
+    return code | (((w if sw is None else sw) >> prm["sign_down"]) & prm["sign2"])
 
 
 def _byte_perm(a: np.ndarray, b: np.ndarray, sel: int) -> np.ndarray:
@@ -80,7 +81,7 @@ def _odd(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """``bf16x2_odd`` on float32 bit patterns (int64), op by op."""
     t = _byte_perm(lo, hi, 0x7632)
     r = _byte_perm(lo, hi, 0x5410)
-    return t | _u16x2(np.minimum, r, 0x00010001)
+    return (t | _u16x2(np.minimum, r, 0x00010001)) & 0x7FFF7FFF
 
 
 def _bf16_bits(x: np.ndarray) -> np.ndarray:
@@ -204,7 +205,7 @@ def test_odd_pair_then_near2_equals_float32_rounding():
     y = np.concatenate([y, y | 0x80000000])
     y = y[: y.size // 2 * 2]
     lo, hi = y[0::2], y[1::2]
-    got = _near2(_odd(lo, hi), None, prm)
+    got = _near2(_odd(lo, hi), None, prm, sw=_byte_perm(lo, hi, 0x7632))
     vals = y.astype(np.uint32).view(np.float32).astype(np.float64)
     ref = ln.encode(vals, spec, rounding="nearest_even", saturate=True,
                     backend="reference").astype(np.int64)
@@ -237,7 +238,9 @@ def test_bf16x2_nvfp4_blocks_emulated_equal_reference(algorithm):
                 fac = (f32(1) / (g / f32(2688))) / sv
             y = (xb.astype(f32).reshape(256, 4, 16) * fac[:, :, None]).reshape(256, 64)
         yb = _f32_bits(y)
-        cw = _near2(_odd(yb[:, 0::2], yb[:, 1::2]), None, bx.near2_params(spec.element, False))
+        xw = _pair(_bf16_bits(xb[:, 0::2]), _bf16_bits(xb[:, 1::2]))
+        cw = _near2(_odd(yb[:, 0::2], yb[:, 1::2]), None, bx.near2_params(spec.element, False),
+                    sw=xw)
         codes = np.stack([cw & 0xFFFF, cw >> 16], axis=2).reshape(x.shape)
         assert np.array_equal(codes, q.codes), g_div
 
