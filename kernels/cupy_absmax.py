@@ -100,23 +100,40 @@ extern "C" __global__ void am_dequant(const unsigned char *__restrict__ codes,
 
 DEQUANT8_SRC = r"""
 /* Modes 0 (no scale) and 2 (one tensor scale) over a flat array of 8k codes: 8 per thread,
-   8-byte loads and 16-byte stores, the value table in shared memory. */
+   8-byte loads and 16-byte stores, the value table in shared memory (for 16-bit outputs in
+   mode 0 also the output patterns themselves, converted once per block). */
 extern "C" __global__ void am_dequant8(const unsigned char *__restrict__ codes,
                                        const float *__restrict__ scales,
                                        const float *__restrict__ lut, int n_lut,
                                        out_t *__restrict__ out, i64 n8, int mode) {
     __shared__ float lut_s[256];
-    for (int i = threadIdx.x; i < n_lut; i += blockDim.x) lut_s[i] = lut[i];
+#if OUT_KIND == 1 || OUT_KIND == 2
+    __shared__ out_t lut_o[256];
+#endif
+    for (int i = threadIdx.x; i < n_lut; i += blockDim.x) {
+        lut_s[i] = lut[i];
+#if OUT_KIND == 1 || OUT_KIND == 2
+        lut_o[i] = st_f32(lut[i]);
+#endif
+    }
     __syncthreads();
     i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= n8) return;
     uint2 w = __ldcs(reinterpret_cast<const uint2 *>(codes) + t);
     float s = mode == 2 ? scales[0] : 1.0f;
     out_t o[8];
+#if OUT_KIND == 1 || OUT_KIND == 2
+    if (mode != 2) {
 #pragma unroll
-    for (int j = 0; j < 8; j++) {
-        float v = lut_s[((j < 4 ? w.x : w.y) >> (8 * (j & 3))) & 0xFF];
-        o[j] = st_f32(mode == 2 ? f32_mul(v, s) : v);
+        for (int j = 0; j < 8; j++) o[j] = lut_o[((j < 4 ? w.x : w.y) >> (8 * (j & 3))) & 0xFF];
+    } else
+#endif
+    {
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            float v = lut_s[((j < 4 ? w.x : w.y) >> (8 * (j & 3))) & 0xFF];
+            o[j] = st_f32(mode == 2 ? f32_mul(v, s) : v);
+        }
     }
 #if OUT_KIND == 0
     float4 *q = reinterpret_cast<float4 *>(out) + 2 * t;
