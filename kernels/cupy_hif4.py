@@ -9,15 +9,18 @@ maxima of the magnitude bits) by shuffles, then in exact arithmetic the referenc
   bit pattern (``scale_constants``); ``REC = bf16(1/E6M2)`` from four bfloat16 patterns and the
   exponent code; the micro-exponents compare ``V8 * REC`` / ``V16 * REC`` rounded toward zero
   with 4 and 2 (exactly the comparisons of the exact products); S1P2 elements
-  ``k = round(|x| * REC * 2**(2 - shift))`` with ties away as the floor of one FMA rounded
-  toward zero (``|x| * F + 1/2``), ties to even by round-to-odd then ``cvt.rni``; other
-  roundings through the generic encoder on the exact 24 x 8-bit integer product.
+  ``k = min(7, round(|x| * REC * 2**(2 - shift)))`` as the low bits of ``2**23 + k`` (``elem_k``:
+  ties away by an FMA rounded toward zero then an addition rounded toward zero, ties to even by
+  one FMA, no conversion instruction); other roundings through the generic encoder on the
+  exact 24 x 8-bit integer product. bfloat16 rows
+  of whole blocks run the element step on pairs (``cupy_bf16x2`` word loads, ``max.u16x2``
+  maxima, two codes per word by one byte permute, ``LOWBIT_CUPY_BF16X2=0`` turns it off).
 * float64 input or stochastic rounding: products rounded to odd in float64 (an FMA residual,
   ``numerics.hif4._mul_odd``), the generated table encoders.
 
-``tests/test_kernels_gpu.py`` emulates the float32 path step by step in NumPy against the
-reference. Output: logical (codes, scales, micro bits) or packed (nibbles + 4-byte metadata
-words).
+``tests/test_kernels_hif4_f32.py`` emulates the float32 path (and the pair words) step by step
+in NumPy against the reference. Output: logical (codes, scales, micro bits) or packed (nibbles
++ 4-byte metadata words).
 """
 
 from __future__ import annotations
