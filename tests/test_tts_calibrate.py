@@ -37,6 +37,37 @@ def test_time_decode_records_full_width_steps():
     assert draft.kind == "lookup" and draft.per_token_s >= 0 and draft.per_ctx_s >= 0
 
 
+def test_time_decode_runs_only_the_timed_iterations(monkeypatch):
+    """Each calibration run stops after the prefill and new_tokens iterations (max_forwards),
+    not at its token room (up to 2 * new_tokens + gamma + 1 tokens)."""
+    import lowbit.tts.calibrate as cal_mod
+    from lowbit.tts.speculative import generate
+
+    model = tiny_llama(dtype="float32")
+    results = []
+
+    def spy(model, prompts, **kw):
+        res = generate(model, prompts, **kw)
+        results.append(res)
+        return res
+
+    monkeypatch.setattr(cal_mod, "generate", spy)
+    time_decode(model, [2], [0, 3], prompt=6, new_tokens=4, repeats=1, progress=False)
+    assert [len(r.timeline) for r in results] == [5, 5]
+    assert set(results[1].stop) == {"forwards"}  # gamma 3: token room left, stopped by count
+
+
+def test_generate_max_forwards():
+    model = tiny_llama(dtype="float32")
+    from lowbit.tts.speculative import generate
+
+    res = generate(model, [[5, 6, 7]] * 2, max_new_tokens=50, max_forwards=3)
+    assert len(res.timeline) == 3 and res.stop == ["forwards", "forwards"]
+    assert all(len(t) == 3 for t in res.tokens)  # one token from the prefill, one per step
+    full = generate(model, [[5, 6, 7]] * 2, max_new_tokens=3)
+    assert full.tokens == res.tokens and full.stop == ["length", "length"]
+
+
 def test_time_decode_interleaves_repeats_and_keeps_the_minimum(monkeypatch):
     """A slow spell of the host (here: the first three calls, ten times slower) hits one repeat
     of every grid point, not all repeats of one point: the minima are the fast times."""

@@ -190,11 +190,12 @@ def time_decode(model, rows: Sequence[int], gammas: Sequence[int], *, prompt: in
     for k in tqdm(range(repeats * len(grid)), desc="decode calibration", disable=not progress):
         b, g, p = grid[k % len(grid)]
         # room for gamma drafts in each of the first new_tokens iterations, even if up to
-        # new_tokens drafts get accepted along the way (gamma 0: exactly new_tokens steps)
+        # new_tokens drafts get accepted along the way; no decoding past the timed iterations
         room = 2 * new_tokens + g if g else new_tokens
         res = generate(model, [p] * b, max_new_tokens=room + 1, gamma=g,
                        drafter=_FullWidthLookup(vocab, seed) if g else None,
-                       temperature=temperature, seed=seed, eos_token_id=None, clock=clock)
+                       temperature=temperature, seed=seed, eos_token_id=None, clock=clock,
+                       max_forwards=new_tokens + 1)
         runs[k % len(grid)].append(res.timeline[:new_tokens + 1])
     target: list[Timing] = []
     lookup: list[tuple[int, int, int, float]] = []

@@ -236,9 +236,9 @@ class Generation:
     """Result of ``generate``: per row the generated ``tokens`` (EOS included when produced),
     ``logprob`` (sum of the target's log-probabilities of those tokens at temperature 1),
     ``finish_s`` (seconds from the start) and ``stop`` reason (``"eos"``, ``"length"``,
-    ``"deadline"``, ``"vote"``); ``steps`` = ``(requested, proposed, accepted)`` draft tokens per
-    row and verify step; ``forwards`` = target forwards (prefill included); ``seconds`` = wall
-    clock; ``timeline`` = one ``StepTime`` per target forward."""
+    ``"deadline"``, ``"vote"``, ``"forwards"``); ``steps`` = ``(requested, proposed, accepted)``
+    draft tokens per row and verify step; ``forwards`` = target forwards (prefill included);
+    ``seconds`` = wall clock; ``timeline`` = one ``StepTime`` per target forward."""
 
     tokens: list[list[int]]
     logprob: list[float]
@@ -260,13 +260,15 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int | S
              eos_token_id: int | None = None, pad_token_id: int = 0, seed: int = 0,
              deadline_s: float | None = None,
              answer_of: Callable[[list[int]], str | None] | None = None,
-             clock: Callable[[], float] = time.perf_counter) -> Generation:
+             clock: Callable[[], float] = time.perf_counter,
+             max_forwards: int | None = None) -> Generation:
     """Decode every prompt (one row each; repeat a prompt B times for B branches) with up to
     ``gamma`` drafted tokens per row and iteration (``gamma=0`` or no drafter: plain decoding).
 
     Stops a row at ``eos_token_id`` or ``max_new_tokens`` (one for all rows, or one per row);
     all rows at ``deadline_s`` seconds; with ``answer_of`` (tokens -> answer), all rows once the
-    majority-vote early-stop rule holds among finished rows. Greedy at ``temperature=0``, else
+    majority-vote early-stop rule holds among finished rows; all rows after ``max_forwards``
+    target forwards (the prefill included: timing runs). Greedy at ``temperature=0``, else
     sampling with ``seed``. ``clock`` times everything (wall clock by default;
     ``time.process_time`` gives the CPU time of the process, which on a shared host excludes the
     time other processes held the cores; on an accelerator, a clock that synchronises the device
@@ -323,6 +325,10 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int | S
         if deadline_s is not None and now > deadline_s:
             for i in keep:
                 stop[active[i]], finish[active[i]] = "deadline", now
+            keep = []
+        if max_forwards is not None and forwards >= max_forwards:
+            for i in keep:
+                stop[active[i]], finish[active[i]] = "forwards", now
             keep = []
         if not keep:
             break
