@@ -7,8 +7,9 @@
     nice -n 10 python bench/tts_study.py --model qwen2.5-coder-1.5b \
         --draft-model qwen2.5-coder-0.5b --problems ... --out bench/results/tts_qwen_pair
 
-1. Decode calibration (``calibrate.time_decode``) on the process CPU-time clock: the target cost
-   model (with the per-row host term) and the prompt-lookup drafting cost; with
+1. Decode calibration (``calibrate.time_decode``) on the process CPU-time clock, prompts of the
+   median problem length (plus each of ``--cal-offsets``): the target cost model (with the
+   per-row host term) and the prompt-lookup drafting cost; with
    ``--draft-model``, also the draft model's own decode-loop cost model.
 2. Every problem runs in four configurations, sampled at ``--temperature`` with prompt-lookup
    drafts, or with ``--draft-model`` drafts from that model (``CachedModelDrafter``):
@@ -60,6 +61,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cal-rows", default="1,2,4")
     ap.add_argument("--cal-steps", type=int, default=8)
+    ap.add_argument("--cal-offsets", default="0", help="calibration prompt lengths: the median "
+                    "prompt plus each offset (e.g. 0,128,256 to cover the contexts of long "
+                    "generations)")
     ap.add_argument("--repeats", type=int, default=2, help="calibration repeats (min)")
     ap.add_argument("--out", required=True, help="output prefix (OUT.json, OUT.md, OUT.png)")
     ap.add_argument("--recompute", action="store_true", help="analysis of an existing OUT.json")
@@ -95,9 +99,7 @@ def measure(args: argparse.Namespace) -> dict:
     tasks = parse_spec(args.problems)
     prompts = [len(task_prompt(tok, t)) for t in tasks]
     cal_rows = [int(x) for x in args.cal_rows.split(",")]
-    cal_kw = {"prompt": int(statistics.median(prompts)), "new_tokens": args.cal_steps,
-              "repeats": args.repeats, "temperature": args.temperature,
-              "clock": time.process_time}
+    cal_kw = _cal_kw(args, prompts)
     cal = time_decode(model, cal_rows, sorted({0, args.gamma}), **cal_kw)
     cost, draft = cal.fit(meta={"model": args.model, "clock": "process_time",
                                 "threads": args.threads})
@@ -189,6 +191,14 @@ def _setup(doc: dict, tasks: set[str], prompt: int, trace: bool = False):
 
 def _rel(pred: float, meas: float) -> float:
     return abs(pred - meas) / meas
+
+
+def _cal_kw(args: argparse.Namespace, prompts: list[int]) -> dict:
+    """``time_decode`` options: prompt lengths = median prompt + each of ``--cal-offsets``."""
+    med = int(statistics.median(prompts))
+    return {"prompt": [med + int(o) for o in args.cal_offsets.split(",")],
+            "new_tokens": args.cal_steps, "repeats": args.repeats,
+            "temperature": args.temperature, "clock": time.process_time}
 
 
 def analyse(doc: dict) -> None:

@@ -57,6 +57,17 @@ def test_time_decode_runs_only_the_timed_iterations(monkeypatch):
     assert set(results[1].stop) == {"forwards"}  # gamma 3: token room left, stopped by count
 
 
+def test_time_decode_several_prompt_lengths():
+    """Several prompt lengths: every (length, rows, gamma) point is timed, so the contexts of
+    the fit span the lengths (the context term of the cost model becomes identifiable)."""
+    model = tiny_llama(dtype="float32")
+    cal = time_decode(model, [1, 2], [0], prompt=[6, 40], new_tokens=2, repeats=1,
+                      progress=False)
+    prefill = sorted((t.rows, t.tokens) for t in cal.target if t.context == 0)
+    assert prefill == [(1, 6), (1, 40), (2, 6), (2, 40)]
+    assert {t.context for t in cal.target if t.context} == {6, 7, 40, 41}
+
+
 def test_generate_max_forwards():
     model = tiny_llama(dtype="float32")
     from lowbit.tts.speculative import generate

@@ -20,6 +20,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from numbers import Integral
 
 import numpy as np
 
@@ -168,13 +169,16 @@ class DecodeCalibration:
         return cost, DraftCost("lookup", float(per_tok), per_ctx_s=float(per_ctx))
 
 
-def time_decode(model, rows: Sequence[int], gammas: Sequence[int], *, prompt: int = 64,
+def time_decode(model, rows: Sequence[int], gammas: Sequence[int], *,
+                prompt: int | Sequence[int] = 64,
                 new_tokens: int = 16, repeats: int = 2, temperature: float = 0.7,
                 seed: int = 0, progress: bool = True, clock=time.perf_counter,
                 reduce: Callable[[Sequence[float]], float] = min) -> DecodeCalibration:
-    """Run ``speculative.generate`` for every (rows, gamma): a random ``prompt``-token prompt
-    repeated on every row (as for branches), ``new_tokens`` verify iterations of full width
-    ``gamma + 1`` (random drafts, so almost nothing is accepted) at ``temperature``. Each step
+    """Run ``speculative.generate`` for every (prompt length, rows, gamma): a random
+    ``prompt``-token prompt (one length or several: long prompts put the context term of the
+    cost model into the fit) repeated on every row (as for branches), ``new_tokens`` verify
+    iterations of full width ``gamma + 1`` (random drafts, so almost nothing is accepted) at
+    ``temperature``. Each step
     keeps ``reduce`` over ``repeats`` identical runs (default the minimum: contention only adds
     time). The repeats are interleaved (the whole grid once per repeat), so a slow spell of the
     host hits one repeat of a point, not all of them. ``clock`` as in ``generate``
@@ -184,8 +188,9 @@ def time_decode(model, rows: Sequence[int], gammas: Sequence[int], *, prompt: in
 
     vocab = model.config.vocab_size
     gen = torch.Generator().manual_seed(seed)
-    grid = [(b, g, torch.randint(3, vocab, (prompt,), generator=gen).tolist())
-            for b in rows for g in gammas]
+    lengths = [int(prompt)] if isinstance(prompt, Integral) else [int(n) for n in prompt]
+    grid = [(b, g, torch.randint(3, vocab, (n,), generator=gen).tolist())
+            for n in lengths for b in rows for g in gammas]
     runs: list[list[list]] = [[] for _ in grid]
     for k in tqdm(range(repeats * len(grid)), desc="decode calibration", disable=not progress):
         b, g, p = grid[k % len(grid)]
