@@ -67,14 +67,24 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="calibration repeats (min)")
     ap.add_argument("--out", required=True, help="output prefix (OUT.json, OUT.md, OUT.png)")
     ap.add_argument("--recompute", action="store_true", help="analysis of an existing OUT.json")
+    ap.add_argument("--recalibrate", action="store_true", help="with --recompute: measure the "
+                    "decode calibration again (current code, --cal-* options, the study's model) "
+                    "and analyse the stored runs with it; the original and its errors are kept")
+    ap.add_argument("--reading", help="a text file whose content is kept in OUT.json and shown "
+                    "in OUT.md under the problems (the study's reading)")
     args = ap.parse_args()
     if args.recompute:
         with open(args.out + ".json") as fh:
             doc = json.load(fh)
+        if args.recalibrate:
+            recalibrate(doc, args)
     else:
         if not args.problems:
             ap.error("--problems is required (unless --recompute)")
         doc = measure(args)
+    if args.reading:
+        with open(args.reading) as fh:
+            doc["reading"] = fh.read().strip()
     analyse(doc)
     write(doc, args.out)
 
@@ -199,6 +209,55 @@ def _cal_kw(args: argparse.Namespace, prompts: list[int]) -> dict:
     return {"prompt": [med + int(o) for o in args.cal_offsets.split(",")],
             "new_tokens": args.cal_steps, "repeats": args.repeats,
             "temperature": args.temperature, "clock": time.process_time}
+
+
+def recalibrate(doc: dict, args: argparse.Namespace) -> None:
+    """Replace the stored decode calibration of the target by a new measurement with the
+    ``--cal-*`` options; the original calibration and the latency errors it gave go to
+    ``calibration_original``. The runs stay as measured."""
+    import torch
+
+    from lowbit.tts.calibrate import time_decode
+    from lowbit.tts.executors import load
+
+    if "draft_model" in doc:
+        raise SystemExit("--recalibrate covers prompt-lookup studies (no --draft-model)")
+    if "calibration_original" not in doc:
+        analyse(doc)
+        doc["calibration_original"] = {
+            "calibration_timings": doc["calibration_timings"],
+            "lookup_points": doc["lookup_points"], "cost": doc["cost"],
+            "latency": {c: {k: v for k, v in d.items() if k.startswith("cpu_")}
+                        for c, d in doc["latency"].items()}}
+    torch.set_num_threads(args.threads)
+    model = load(doc["model"], doc.get("dtype", args.dtype))[0]
+    kw = _cal_kw(args, [r["prompt"] for r in doc["runs"]["sequential"]])
+    cal = time_decode(model, [int(x) for x in args.cal_rows.split(",")],
+                      sorted({0, doc["gamma"]}), **kw)
+    doc["calibration_timings"] = [t.__dict__ for t in cal.target]
+    doc["lookup_points"] = [list(p) for p in cal.lookup]
+    doc["recalibration"] = {
+        "command": " ".join(sys.argv), "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "prompt_lengths": kw["prompt"], "new_tokens": kw["new_tokens"],
+        "repeats": kw["repeats"]}
+
+
+def _recalibration_note(doc: dict) -> list[str]:
+    """Lines on a calibration measured again after the runs (``--recalibrate``)."""
+    rc = doc.get("recalibration")
+    if not rc:
+        return []
+    orig = doc["calibration_original"]
+    c, lat = orig["cost"], orig["latency"]
+    per = " / ".join(f"{lat[k]['cpu_expected']:.1%}" for k in CONFIGS)
+    return [f"Recalibrated {rc['date']} (`{rc['command']}`): prompt lengths "
+            f"{rc['prompt_lengths']}, {rc['new_tokens']} steps, minimum of {rc['repeats']} "
+            "repeats; the tables below use it. The calibration measured with the runs (median "
+            f"prompt only: T = {c['a0']:.4g} + {c['a1']:.3g}*B*s + {c['a2']:.3g}*B*c + "
+            f"{c['a4']:.3g}*B + {c['a5']:.3g}*min(B*s, {c['knee']:g}) s) gave a median error of "
+            f"{lat['all']['cpu_expected']:.1%} against CPU time (sequential / branches / "
+            f"speculation / both {per}): calibrated only near the median prompt, it "
+            "under-predicts the steps of long generations.", ""]
 
 
 def analyse(doc: dict) -> None:
@@ -376,11 +435,13 @@ def write(doc: dict, out: str) -> None:
              f"Problems: `{doc['problems']}`; B={doc['b']}, gamma={doc['gamma']} ({drafter}), "
              f"n_max={doc['n_max']}, temperature {doc['temperature']}"
              f"{', ' + doc['dtype'] if 'dtype' in doc else ''}.", "",
+             *([doc["reading"], ""] if doc.get("reading") else []),
              "Cost model (decode-loop calibration, process CPU time, NNLS): "
              f"T = {cost['a0']:.4g} + {cost['a1']:.3g}*B*s + {cost['a2']:.3g}*B*c + "
              f"{cost['a3']:.3g}*max(0, B*s - {cost['knee']:g}) + {cost['a4']:.3g}*B + "
              f"{cost['a5']:.3g}*min(B*s, {cost['knee']:g}) s "
              f"(median rel. residual {cost['rel_residual']:.1%}); {draft_cost}", "",
+             *_recalibration_note(doc),
              *_pair_notes(doc),
              "## Predicted versus measured latency", "",
              "Per run: simulated with its own branch lengths and the leave-one-problem-out "

@@ -16,7 +16,8 @@ INSTRUCTION = ("Solve the problem. Think step by step, then give the final answe
                "on the last line in the form '#### <number>'.")
 
 
-ALIASES = {"smollm2": "smollm2-135m", "qwen-0.5b": "qwen2.5-coder-0.5b"}
+ALIASES = {"smollm2": "smollm2-135m", "qwen-0.5b": "qwen2.5-coder-0.5b",
+           "qwen-1.5b": "qwen2.5-coder-1.5b"}
 """Short model names accepted by ``load`` for the names of ``lowbit.integrations.data``."""
 
 
