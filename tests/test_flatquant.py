@@ -56,6 +56,13 @@ def layer_mse(run, ref) -> float:
 
 
 @pytest.mark.parametrize("kind", ["kron", "block"])
+def test_flatquant_training_reduces_layer_mse(kind):
+    layer, flats, run, ref = setup_layer(kind)
+    best, losses = flatquant.train_layer(layer, flats, run, ref, steps=12, lr=1e-2)
+    assert min(losses[-3:]) < losses[0] and best == min(losses)
+
+
+@pytest.mark.parametrize("kind", ["kron", "block"])
 def test_best_loss_not_above_initial_and_restored(kind):
     layer, flats, run, ref = setup_layer(kind)
     best, losses = flatquant.train_layer(layer, flats, run, ref, steps=6, lr=1e-2)
