@@ -1,4 +1,4 @@
-"""Real TTS study on CPU: accuracy versus latency budget, predicted versus measured latency.
+"""Real TTS study: accuracy versus latency budget, predicted versus measured latency.
 
     nice -n 10 python bench/tts_study.py --model smollm2 \
         --problems "rg:basic_arithmetic:8:0:$OPTS" --b 4 --gamma 3 --n-max 32 \
@@ -25,8 +25,18 @@
    the measured runs: a branch counts if it finished within the budget and the plan's token
    budget (a deadline stop), votes by majority.
 
-Latency is CPU time of the process (torch on one thread): the host is shared, and wall time
-includes other processes' use of the cores (also reported). Writes OUT.json, OUT.md, OUT.png.
+5. With ``--pool-k K``: a sample pool of K plain samples per problem of ``--pool-problems``
+   (default ``--problems``; ``--pool-batch`` problems per batched call), drawn before the runs.
+   Accuracy versus budget on the pool (2-fold over its problems): the planner, with the
+   calibrated cost model and the acceptance measured in the runs, picks (B, gamma, n_max) per
+   budget and strategy from one fold's pool; the plan is scored on the other fold's samples
+   (``pool.accuracy``). This covers many more problems than the executed runs, whose own
+   latencies validate the cost model.
+
+On a CPU (``--device cpu``) latency is CPU time of the process (torch on one thread): the host
+is shared, and wall time includes other processes' use of the cores (also reported). On a GPU
+(``--device cuda``) it is wall-clock time read after synchronising the device. Writes OUT.json,
+OUT.md, OUT.png.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime
 
 from lowbit.tts.latency import CachedDraftCost, CostModel
@@ -53,6 +64,12 @@ def main() -> None:
     ap.add_argument("--draft-model", help="draft with this model (same vocabulary) instead of "
                                           "prompt lookup")
     ap.add_argument("--dtype", default="float32", help="torch dtype of the model(s)")
+    ap.add_argument("--device", default="cpu", help="cpu (latency = process CPU time) or cuda "
+                    "(latency = device-synchronised wall clock)")
+    ap.add_argument("--pool-k", type=int, default=0, help="samples per problem of a sample pool "
+                    "drawn before the runs (0: none)")
+    ap.add_argument("--pool-problems", help="the pool's problems (default: --problems)")
+    ap.add_argument("--pool-batch", type=int, default=8, help="pool problems per batched call")
     ap.add_argument("--problems")
     ap.add_argument("--b", type=int, default=4)
     ap.add_argument("--gamma", type=int, default=3)
@@ -65,6 +82,8 @@ def main() -> None:
                     "prompt plus each offset (e.g. 0,128,256 to cover the contexts of long "
                     "generations)")
     ap.add_argument("--repeats", type=int, default=2, help="calibration repeats (min)")
+    ap.add_argument("--max-seconds", type=float, help="start no further problem after this many "
+                    "seconds from the start (the runs keep the problems completed)")
     ap.add_argument("--out", required=True, help="output prefix (OUT.json, OUT.md, OUT.png)")
     ap.add_argument("--recompute", action="store_true", help="analysis of an existing OUT.json")
     ap.add_argument("--recalibrate", action="store_true", help="with --recompute: measure the "
@@ -94,22 +113,32 @@ def measure(args: argparse.Namespace) -> dict:
     import transformers
     from tqdm import tqdm
 
-    from lowbit.tts.calibrate import DecodeCalibration, time_decode
-    from lowbit.tts.executors import load, run_plan, task_prompt
+    from lowbit.tts.calibrate import DecodeCalibration, synced_clock, time_decode
+    from lowbit.tts.executors import load, run_plan, sample_pool, task_prompt
     from lowbit.tts.planner import Plan
     from lowbit.tts.problems import parse_spec
     from lowbit.tts.speculative import PromptLookupDrafter
 
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
-    model, tok = load(args.model, args.dtype)
-    draft_model = load(args.draft_model, args.dtype)[0] if args.draft_model else None
+    gpu = args.device.startswith("cuda")
+    clock = synced_clock(args.device) if gpu else time.process_time
+    model, tok = load(args.model, args.dtype, args.device)
+    draft_model = (load(args.draft_model, args.dtype, args.device)[0] if args.draft_model
+                   else None)
     if draft_model is not None and draft_model.config.vocab_size != model.config.vocab_size:
         raise ValueError("the draft model's vocabulary differs from the target's")
     tasks = parse_spec(args.problems)
     prompts = [len(task_prompt(tok, t)) for t in tasks]
     cal_rows = [int(x) for x in args.cal_rows.split(",")]
-    cal_kw = _cal_kw(args, prompts)
+    cal_kw = _cal_kw(args, prompts, clock)
+    pool = None
+    if args.pool_k:
+        pool = sample_pool(model, tok, parse_spec(args.pool_problems or args.problems),
+                           args.pool_k, temperature=args.temperature, max_new_tokens=args.n_max,
+                           seed=10**6, batch=args.pool_batch, progress=True,
+                           meta={"model": args.model, "problems": args.pool_problems or
+                                 args.problems})
     cal = time_decode(model, cal_rows, sorted({0, args.gamma}), **cal_kw)
     cost, draft = cal.fit(meta={"model": args.model, "clock": "process_time",
                                 "threads": args.threads})
@@ -126,8 +155,10 @@ def measure(args: argparse.Namespace) -> dict:
         study can be analysed with ``--recompute``."""
         doc = {
             "command": " ".join(sys.argv), "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": f"{platform.machine()} {platform.processor() or ''}, "
-                       f"{torch.get_num_threads()} torch thread(s), shared 2-core host",
+            "machine": (f"{torch.cuda.get_device_name()}, {platform.machine()} host" if gpu else
+                        f"{platform.machine()} {platform.processor() or ''}, "
+                        f"{torch.get_num_threads()} torch thread(s), shared 2-core host"),
+            "clock": "wall" if gpu else "cpu",
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "transformers": transformers.__version__},
             "model": args.model, "problems": args.problems, "b": args.b, "gamma": args.gamma,
@@ -139,18 +170,24 @@ def measure(args: argparse.Namespace) -> dict:
             "cost": {k: v for k, v in cost.to_dict().items() if k != "timings"},
             "calibration_timings": [t.__dict__ for t in cal.target],
             "lookup_points": [list(p) for p in cal.lookup], "draft": draft.to_dict(),
-            "runs": runs, "seconds": time.perf_counter() - t_start}
+            "runs": runs, "seconds": time.perf_counter() - t_start,
+            **({"pool": {"meta": pool.meta, "problems": [asdict(p) for p in pool.problems]}}
+               if pool is not None else {})}
         with open(args.out + ".json", "w") as fh:
             json.dump(doc, fh, indent=1)
         return doc
 
     jobs = [(i, t, c) for i, t in enumerate(tasks) for c in CONFIGS]
     for i, task, c in tqdm(jobs, desc="runs"):
+        if c == CONFIGS[0] and i >= 2 and args.max_seconds is not None and (
+                time.perf_counter() - t_start > args.max_seconds):
+            print(f"--max-seconds {args.max_seconds:g} reached: {i} of {len(tasks)} problems run")
+            break
         b, g = shapes[c]
         r = run_plan(model, tok, task, Plan("majority", b, g, args.n_max, 0.0, 0.0, 0.0),
                      drafter=PromptLookupDrafter() if draft_model is None else
                      CachedModelDrafter(draft_model, pad), temperature=args.temperature,
-                     seed=1000 * i + CONFIGS.index(c), clock=time.process_time)
+                     seed=1000 * i + CONFIGS.index(c), clock=clock)
         runs[c].append({"task": task.id, "reference": task.reference, "prompt": prompts[i],
                         "answer": r.answer, "correct": r.correct, "cpu_s": r.cpu_s,
                         "wall_s": r.latency_s, "forwards": r.forwards,
@@ -203,12 +240,18 @@ def _rel(pred: float, meas: float) -> float:
     return abs(pred - meas) / meas
 
 
-def _cal_kw(args: argparse.Namespace, prompts: list[int]) -> dict:
+def _cal_kw(args: argparse.Namespace, prompts: list[int], clock=time.process_time) -> dict:
     """``time_decode`` options: prompt lengths = median prompt + each of ``--cal-offsets``."""
     med = int(statistics.median(prompts))
     return {"prompt": [med + int(o) for o in args.cal_offsets.split(",")],
             "new_tokens": args.cal_steps, "repeats": args.repeats,
-            "temperature": args.temperature, "clock": time.process_time}
+            "temperature": args.temperature, "clock": clock}
+
+
+def _clock(doc: dict) -> tuple[str, str]:
+    """``(prefix, label)`` of the study's latency clock: ``("cpu", "CPU")`` (process CPU time;
+    studies before the key existed) or ``("wall", "wall-clock")`` (device-synchronised)."""
+    return ("wall", "wall-clock") if doc.get("clock") == "wall" else ("cpu", "CPU")
 
 
 def recalibrate(doc: dict, args: argparse.Namespace) -> None:
@@ -220,8 +263,8 @@ def recalibrate(doc: dict, args: argparse.Namespace) -> None:
     from lowbit.tts.calibrate import time_decode
     from lowbit.tts.executors import load
 
-    if "draft_model" in doc:
-        raise SystemExit("--recalibrate covers prompt-lookup studies (no --draft-model)")
+    if "draft_model" in doc or doc.get("clock") == "wall":
+        raise SystemExit("--recalibrate covers CPU prompt-lookup studies (no --draft-model)")
     if "calibration_original" not in doc:
         analyse(doc)
         doc["calibration_original"] = {
@@ -282,11 +325,13 @@ def analyse(doc: dict) -> None:
 
     tasks = [r["task"] for r in doc["runs"]["sequential"]]
     traced = "timeline" in doc["runs"]["sequential"][0]
-    kinds = [("cpu_expected", "predicted_s", "cpu_s"),
-             ("cpu_stochastic", "predicted_stochastic_s", "cpu_s"),
-             ("wall_expected", "predicted_s", "wall_s")]
+    pre, _ = _clock(doc)
+    kinds = [(f"{pre}_expected", "predicted_s", f"{pre}_s"),
+             (f"{pre}_stochastic", "predicted_stochastic_s", f"{pre}_s")]
+    if pre == "cpu":
+        kinds.append(("wall_expected", "predicted_s", "wall_s"))
     if traced:
-        kinds.append(("cpu_trace", "predicted_trace_s", "cpu_s"))
+        kinds.append((f"{pre}_trace", "predicted_trace_s", f"{pre}_s"))
     lat = {}
     for c in CONFIGS:
         g = doc["shapes"][c][1]
@@ -310,6 +355,8 @@ def analyse(doc: dict) -> None:
     lat["all"] = {k: statistics.median(_rel(r[p], r[m]) for r in every) for k, p, m in kinds}
     doc["latency"] = lat
     doc["curves"] = curves(doc, tasks)
+    if "pool" in doc:
+        doc["pool_curves"] = pool_curves(doc)
 
 
 def _pool(doc: dict, tasks: set[str]):
@@ -350,8 +397,9 @@ def curves(doc: dict, tasks: list[str], n_budgets: int = 12) -> dict:
     from lowbit.tts.pool import AccuracyTable
 
     folds = [set(tasks[0::2]), set(tasks[1::2])]
-    cpu = [r["cpu_s"] for c in CONFIGS for r in doc["runs"][c]]
-    budgets = np.geomspace(0.5 * min(cpu), 1.1 * max(cpu), n_budgets).tolist()
+    m = _clock(doc)[0] + "_s"
+    meas = [r[m] for c in CONFIGS for r in doc["runs"][c]]
+    budgets = np.geomspace(0.5 * min(meas), 1.1 * max(meas), n_budgets).tolist()
     shapes = {c: tuple(v) for c, v in doc["shapes"].items()}
     prompt = int(statistics.median(r["prompt"] for r in doc["runs"]["sequential"]))
     out = {}
@@ -376,6 +424,58 @@ def curves(doc: dict, tasks: list[str], n_budgets: int = 12) -> dict:
                 chosen.append(f"{config}:n{plan.n_max}")
             points.append({"budget_s": budget, "predicted_acc": float(np.mean(pred)),
                            "measured_acc": float(np.mean(meas)), "plans": chosen})
+        out[name] = {"b_grid": b_grid, "gamma_grid": g_grid, "points": points}
+    return out
+
+
+def _stored_pool(doc: dict):
+    from lowbit.tts.pool import Problem, Sample, SamplePool
+
+    return SamplePool(tuple(
+        Problem(**{**p, "samples": tuple(Sample(**x) for x in p["samples"])})
+        for p in doc["pool"]["problems"]), doc["pool"]["meta"])
+
+
+POOL_B = (1, 2, 4, 8, 16)
+"""Branch counts the pool curves plan over (those <= the pool's K)."""
+
+
+def pool_curves(doc: dict, n_budgets: int = 12) -> dict:
+    """Accuracy versus budget on the sample pool (module docstring, 5): per strategy and budget,
+    the plan picked on one fold of the pool's problems and its accuracy on the other (2-fold,
+    mean), with the calibrated cost model and the acceptance of all executed speculative runs.
+    Grids: B in ``POOL_B`` up to K, gamma in {0, the study's gamma}."""
+    import numpy as np
+
+    from lowbit.tts.planner import Planner
+    from lowbit.tts.pool import AccuracyTable, SamplePool, accuracy
+
+    pool = _stored_pool(doc)
+    folds = [SamplePool(pool.problems[k::2], pool.meta) for k in (0, 1)]
+    tasks = {r["task"] for r in doc["runs"]["sequential"]}
+    prompt = int(doc["pool"]["meta"]["prompt_tokens"])
+    setup = _setup(doc, tasks, prompt)
+    bs = [b for b in POOL_B if b <= pool.k]
+    grids = {"sequential": ([1], [0]), "branch-only": (bs, [0]),
+             "speculation-only": ([1], [0, doc["gamma"]]),
+             "combination": (bs, [0, doc["gamma"]])}
+    m = _clock(doc)[0] + "_s"
+    meas = [r[m] for c in CONFIGS for r in doc["runs"][c]]
+    budgets = np.geomspace(0.25 * min(meas), 2 * max(meas), n_budgets).tolist()
+    planners = [Planner(setup, AccuracyTable(f), f, draws=16) for f in folds]
+    out = {}
+    for name, (b_grid, g_grid) in grids.items():
+        points = []
+        for budget in budgets:
+            pred, held, chosen = [], [], []
+            for k, planner in enumerate(planners):
+                plan = planner.plan_exhaustive(budget, b_grid=b_grid, gamma_grid=g_grid)
+                pred.append(plan.predicted_acc)
+                held.append(accuracy(folds[1 - k], "majority", plan.b, plan.n_max)
+                            if plan.n_max > 0 else 0.0)
+                chosen.append(f"B{plan.b} g{plan.gamma} n{plan.n_max}")
+            points.append({"budget_s": budget, "predicted_acc": float(np.mean(pred)),
+                           "heldout_acc": float(np.mean(held)), "plans": chosen})
         out[name] = {"b_grid": b_grid, "gamma_grid": g_grid, "points": points}
     return out
 
@@ -429,14 +529,18 @@ def write(doc: dict, out: str) -> None:
         drafter = "prompt lookup"
         draft_cost = (f"lookup drafting {doc['draft']['per_token_s']:.3g} s/token + "
                       f"{doc['draft']['per_ctx_s']:.3g} s/context token per row.")
-    lines = [f"# TTS study: {doc['model']} on CPU", "",
+    pre, label = _clock(doc)
+    where = doc["machine"].split(",")[0] if pre == "wall" else "CPU"
+    clock_text = ("device-synchronised wall clock" if pre == "wall" else "process CPU time")
+    lines = [f"# TTS study: {doc['model']} on {where}", "",
              f"Command: `{doc['command']}`  ", f"Date: {doc['date']}; machine: {doc['machine']}; "
              f"versions: {doc['versions']}; total {doc['seconds']:.0f} s wall.", "",
-             f"Problems: `{doc['problems']}`; B={doc['b']}, gamma={doc['gamma']} ({drafter}), "
+             f"Problems: `{doc['problems']}` ({len(doc['runs']['sequential'])} run); "
+             f"B={doc['b']}, gamma={doc['gamma']} ({drafter}), "
              f"n_max={doc['n_max']}, temperature {doc['temperature']}"
              f"{', ' + doc['dtype'] if 'dtype' in doc else ''}.", "",
              *([doc["reading"], ""] if doc.get("reading") else []),
-             "Cost model (decode-loop calibration, process CPU time, NNLS): "
+             f"Cost model (decode-loop calibration, {clock_text}, NNLS): "
              f"T = {cost['a0']:.4g} + {cost['a1']:.3g}*B*s + {cost['a2']:.3g}*B*c + "
              f"{cost['a3']:.3g}*max(0, B*s - {cost['knee']:g}) + {cost['a4']:.3g}*B + "
              f"{cost['a5']:.3g}*min(B*s, {cost['knee']:g}) s "
@@ -447,26 +551,28 @@ def write(doc: dict, out: str) -> None:
              "Per run: simulated with its own branch lengths and the leave-one-problem-out "
              "acceptance table; median relative error.", "",
              "| config | B | gamma | accuracy | median CPU s | median wall s | median predicted s "
-             "| error vs CPU (expected) | error vs CPU (stochastic) | error vs wall |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             f"| error vs {label} (expected) | error vs {label} (stochastic) |"
+             + (" error vs wall |" if pre == "cpu" else ""),
+             "|---|---|---|---|---|---|---|---|---|" + ("---|" if pre == "cpu" else "")]
     for c in CONFIGS:
         x, (b, g) = lat[c], doc["shapes"][c]
         lines.append(f"| {c} | {b} | {g} | {x['accuracy']:.3f} | {x['median_cpu_s']:.2f} | "
                      f"{x['median_wall_s']:.2f} | {x['median_predicted_s']:.2f} | "
-                     f"{x['cpu_expected']:.1%} | {x['cpu_stochastic']:.1%} | "
-                     f"{x['wall_expected']:.1%} |")
+                     f"{x[pre + '_expected']:.1%} | {x[pre + '_stochastic']:.1%} |"
+                     + (f" {x['wall_expected']:.1%} |" if pre == "cpu" else ""))
     a = lat["all"]
-    lines += ["", f"All runs: median error {a['cpu_expected']:.1%} (expected-value simulator), "
-              f"{a['cpu_stochastic']:.1%} (stochastic, mean of 16 seeds) against CPU time; "
-              f"{a['wall_expected']:.1%} against wall time on the shared host."]
-    if "cpu_trace" in a:
+    lines += ["", f"All runs: median error {a[pre + '_expected']:.1%} (expected-value "
+              f"simulator), {a[pre + '_stochastic']:.1%} (stochastic, mean of 16 seeds) against "
+              f"{label} time" + (f"; {a['wall_expected']:.1%} against wall time on the shared "
+                                 "host." if pre == "cpu" else ".")]
+    if pre + "_trace" in a:
         lines += ["", "Cost model fitted instead on the step times logged in the other problems' "
                   "runs (leave one problem out; same host period): median error "
-                  f"{a['cpu_trace']:.1%}; per config " + ", ".join(
-                      f"{c} {lat[c]['cpu_trace']:.1%}" for c in CONFIGS) + "."]
+                  f"{a[pre + '_trace']:.1%}; per config " + ", ".join(
+                      f"{c} {lat[c][pre + '_trace']:.1%}" for c in CONFIGS) + "."]
     lines += ["",
-              "## Accuracy versus CPU-time budget (2-fold: planned on one half, measured on the "
-              "other)", "", "| budget s | " + " | ".join(
+              f"## Accuracy versus {label}-time budget (2-fold: planned on one half, measured on "
+              "the other)", "", "| budget s | " + " | ".join(
                   f"{s} pred / meas" for s in STRATEGIES) + " | combination plans |",
               "|---|" + "---|" * (len(STRATEGIES) + 1)]
     cv = doc["curves"]
@@ -475,11 +581,44 @@ def write(doc: dict, out: str) -> None:
                  f"{cv[s]['points'][i]['measured_acc']:.2f}" for s in STRATEGIES]
         lines.append(f"| {p['budget_s']:.2f} | " + " | ".join(cells) + " | "
                      + ", ".join(cv["combination"]["points"][i]["plans"]) + " |")
+    lines += _pool_lines(doc, label)
     lines += ["", f"Plot: `{out.rsplit('/', 1)[-1]}.png`."]
     with open(out + ".md", "w") as fh:
         fh.write("\n".join(lines) + "\n")
     plot(doc, out + ".png")
     print("\n".join(lines))
+
+
+def _pool_lines(doc: dict, label: str) -> list[str]:
+    """The pool section of OUT.md (none without a pool)."""
+    if "pool_curves" not in doc:
+        return []
+    from lowbit.tts.pool import accuracy
+
+    pool = _stored_pool(doc)
+    meta, cv = doc["pool"]["meta"], doc["pool_curves"]
+    lens = sorted(pool.lengths().tolist())
+    capped = sum(n >= doc["n_max"] for n in lens)
+    maj = ", ".join(f"{b}: {accuracy(pool, 'majority', b, doc['n_max']):.3f}"
+                    for b in POOL_B if b <= pool.k)
+    lines = ["", f"## Accuracy versus {label}-time budget on the sample pool", "",
+             f"Pool: `{meta['problems']}`, {len(pool.problems)} problems x {pool.k} samples at "
+             f"temperature {meta['temperature']}, n_max {meta['max_new_tokens']} "
+             f"({meta.get('batch', 1)} problems per batched call, seed {meta.get('seed', 0)}); "
+             f"median length {lens[len(lens) // 2]} tokens, {capped} of {len(lens)} samples hit "
+             f"the cap; majority vote of B samples (exact over subsets): {maj}.", "",
+             "2-fold over the pool's problems (even / odd): the plan is picked on one fold "
+             "(calibrated cost model, acceptance of the executed speculative runs) and scored on "
+             "the other; mean of the two. B in "
+             f"{cv['combination']['b_grid']}, gamma in {cv['combination']['gamma_grid']}.", "",
+             "| budget s | " + " | ".join(f"{s} pred / held-out" for s in cv)
+             + " | combination plans |", "|---|" + "---|" * (len(cv) + 1)]
+    for i, p in enumerate(cv["sequential"]["points"]):
+        cells = [f"{cv[s]['points'][i]['predicted_acc']:.3f} / "
+                 f"{cv[s]['points'][i]['heldout_acc']:.3f}" for s in cv]
+        lines.append(f"| {p['budget_s']:.3g} | " + " | ".join(cells) + " | "
+                     + ", ".join(cv["combination"]["points"][i]["plans"]) + " |")
+    return lines
 
 
 def plot(doc: dict, path: str) -> None:
@@ -488,27 +627,45 @@ def plot(doc: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
+    pre, label = _clock(doc)
+    m = pre + "_s"
+    pooled = "pool_curves" in doc
+    fig, axes = plt.subplots(1, 3 if pooled else 2, figsize=(16.5 if pooled else 11, 4.2))
+    ax, bx = axes[0], axes[1]
     for i, (name, cv) in enumerate(doc["curves"].items()):
         x = [p["budget_s"] for p in cv["points"]]
         ax.plot(x, [p["measured_acc"] + 0.006 * i for p in cv["points"]], "-", marker="osD^"[i],
                 ms=7 - 1.2 * i, lw=2.6 - 0.5 * i, color=f"C{i}", label=f"{name} (measured)")
         ax.plot(x, [p["predicted_acc"] for p in cv["points"]], "--", color=f"C{i}", alpha=0.6)
     ax.set_xscale("log")
-    ax.set_xlabel("latency budget (CPU s)")
+    ax.set_xlabel(f"latency budget ({label} s)")
     ax.set_ylabel("accuracy (majority vote)")
     ax.set_title("accuracy vs budget (dashed: predicted; curves offset +0.006 each)")
     ax.legend(fontsize=7)
     for i, c in enumerate(CONFIGS):
         rows = doc["runs"][c]
-        bx.scatter([r["cpu_s"] for r in rows], [r["predicted_s"] for r in rows], s=12,
+        bx.scatter([r[m] for r in rows], [r["predicted_s"] for r in rows], s=12,
                    color=f"C{i}", label=c)
-    lim = max(r["cpu_s"] for c in CONFIGS for r in doc["runs"][c]) * 1.1
+    lim = max(r[m] for c in CONFIGS for r in doc["runs"][c]) * 1.1
     bx.plot([0, lim], [0, lim], "k:", lw=1)
-    bx.set_xlabel("measured CPU s")
+    bx.set_xlabel(f"measured {label} s")
     bx.set_ylabel("predicted s")
-    bx.set_title(f"latency (median error {doc['latency']['all']['cpu_expected']:.1%})")
+    bx.set_title(f"latency (median error {doc['latency']['all'][pre + '_expected']:.1%})")
     bx.legend(fontsize=7)
+    if pooled:
+        cx = axes[2]
+        for i, (name, cv) in enumerate(doc["pool_curves"].items()):
+            x = [p["budget_s"] for p in cv["points"]]
+            cx.plot(x, [p["heldout_acc"] for p in cv["points"]], "-", marker="osD^"[i],
+                    ms=7 - 1.2 * i, lw=2.6 - 0.5 * i, color=f"C{i}", label=f"{name} (held-out)")
+            cx.plot(x, [p["predicted_acc"] for p in cv["points"]], "--", color=f"C{i}",
+                    alpha=0.6)
+        cx.set_xscale("log")
+        cx.set_xlabel(f"latency budget ({label} s)")
+        cx.set_ylabel("accuracy (majority vote)")
+        n = len(doc["pool"]["problems"])
+        cx.set_title(f"sample pool, {n} problems (dashed: planning fold)")
+        cx.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

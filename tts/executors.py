@@ -66,22 +66,36 @@ def _ids(tok) -> dict:
 
 
 def sample_pool(model, tok, tasks: list[Task], k: int, *, temperature: float = 0.7,
-                max_new_tokens: int = 256, seed: int = 0, meta: dict | None = None) -> SamplePool:
-    """Pre-sample ``k`` solutions per task (one batch of k rows, plain decoding) into a pool."""
-    problems, prompt_lens = [], []
-    for i, task in enumerate(tasks):
-        prompt = task_prompt(tok, task)
-        prompt_lens.append(len(prompt))
-        g = generate(model, [prompt] * k, max_new_tokens=max_new_tokens,
-                     temperature=temperature, seed=seed + i, **_ids(tok))
-        samples = []
-        for toks, lp in zip(g.tokens, g.logprob, strict=True):
-            ans = extract_answer(tok.decode(toks, skip_special_tokens=True))
-            samples.append(Sample(ans, ans == task.reference, len(toks), lp / max(len(toks), 1)))
-        problems.append(Problem(task.id, task.reference, tuple(samples), task.question))
+                max_new_tokens: int = 256, seed: int = 0, meta: dict | None = None,
+                batch: int = 1, progress: bool = False) -> SamplePool:
+    """Pre-sample ``k`` solutions per task (plain decoding) into a pool: ``batch`` tasks per
+    ``generate`` call (``batch * k`` left-padded rows, seeded ``seed`` + the index of the call's
+    first task), so the samples depend on ``batch``; ``batch=1`` is one call of ``k`` rows per
+    task (seed ``seed + i``). Large batches keep an accelerator busy."""
+    from tqdm import tqdm
+
+    if k < 1 or batch < 1:
+        raise ValueError(f"k and batch must be >= 1 (got k={k}, batch={batch})")
+    prompts = [task_prompt(tok, task) for task in tasks]
+    problems = []
+    for i in tqdm(range(0, len(tasks), batch), desc="sample pool", disable=not progress):
+        chunk = range(i, min(i + batch, len(tasks)))
+        g = generate(model, [prompts[j] for j in chunk for _ in range(k)],
+                     max_new_tokens=max_new_tokens, temperature=temperature, seed=seed + i,
+                     **_ids(tok))
+        for n, j in enumerate(chunk):
+            samples = []
+            for toks, lp in zip(g.tokens[n * k:(n + 1) * k], g.logprob[n * k:(n + 1) * k],
+                                strict=True):
+                ans = extract_answer(tok.decode(toks, skip_special_tokens=True))
+                samples.append(Sample(ans, ans == tasks[j].reference, len(toks),
+                                      lp / max(len(toks), 1)))
+            problems.append(Problem(tasks[j].id, tasks[j].reference, tuple(samples),
+                                    tasks[j].question))
+    lens = sorted(len(p) for p in prompts)
     return SamplePool(tuple(problems), dict(
         meta or {}, k=k, temperature=temperature, max_new_tokens=max_new_tokens,
-        prompt_tokens=int(sorted(prompt_lens)[len(prompt_lens) // 2])))
+        prompt_tokens=int(lens[len(lens) // 2]), batch=batch, seed=seed))
 
 
 @dataclass(frozen=True)
