@@ -56,12 +56,16 @@ def test_study_with_pool_then_recompute(script, model_dir, tmp_path, monkeypatch
 
 
 def test_wall_clock_report(script, model_dir, tmp_path, monkeypatch):
-    """A study timed on the device-synchronised wall clock is scored against ``wall_s``."""
+    """Repeated runs keep the fastest; a study timed on the device-synchronised wall clock is
+    scored against ``wall_s``."""
     out = str(tmp_path / "w")
     _main(script, monkeypatch, "--model", model_dir, "--problems", _PROBLEMS, "--b", "2",
           "--gamma", "2", "--n-max", "4", "--cal-rows", "1,2", "--cal-steps", "2",
-          "--repeats", "1", "--out", out)
+          "--repeats", "1", "--run-repeats", "2", "--out", out)
     doc = json.loads(Path(out + ".json").read_text())
+    for c in script.CONFIGS:  # the same seed: the same tokens; the faster repeat kept
+        for r in doc["runs"][c]:
+            assert r["repeats_same"] and r["cpu_s"] == min(r["repeats_s"])
     doc["clock"] = "wall"
     for c in script.CONFIGS:
         for r in doc["runs"][c]:

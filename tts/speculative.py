@@ -361,7 +361,16 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int | S
         forwards += 1
         p_all = _probs(logits, temperature)
         lp_all = torch.log_softmax(logits.double(), -1)
-        for i, r in enumerate(active):
+        if width == 1:  # no drafts: one batched draw, no per-row device work
+            new = (p_all[:, 0].argmax(-1) if temperature <= 0 else
+                   torch.multinomial(p_all[:, 0], 1, generator=gen)[:, 0])
+            lps = lp_all[:, 0].gather(1, new[:, None])[:, 0].tolist()
+            for i, (r, t) in enumerate(zip(active, new.tolist(), strict=True)):
+                steps.append((gammas[i], 0, 0))
+                out[r].append(t)
+                logprob[r] += lps[i]
+            next_pos += 1
+        for i, r in enumerate(active if width > 1 else ()):
             d = drafts.tokens[i]
             q = drafts.probs[i] if i < len(drafts.probs) else None
             acc, new = _verify(p_all[i], d, q, temperature, gen)
