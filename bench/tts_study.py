@@ -92,6 +92,9 @@ def main() -> None:
     ap.add_argument("--recalibrate", action="store_true", help="with --recompute: measure the "
                     "decode calibration again (current code, --cal-* options, the study's model) "
                     "and analyse the stored runs with it; the original and its errors are kept")
+    ap.add_argument("--drafter-calibration", help="with --recompute: a JSON of "
+                    "time_cached_drafter timings (bench/tts_gpu_drafter_calibrate.py) for the "
+                    "draft model's cost, in place of its decode loop; the errors before are kept")
     ap.add_argument("--reading", help="a text file whose content is kept in OUT.json and shown "
                     "in OUT.md under the problems (the study's reading)")
     args = ap.parse_args()
@@ -100,6 +103,8 @@ def main() -> None:
             doc = json.load(fh)
         if args.recalibrate:
             recalibrate(doc, args)
+        if args.drafter_calibration:
+            set_drafter_calibration(doc, args.drafter_calibration)
     else:
         if not args.problems:
             ap.error("--problems is required (unless --recompute)")
@@ -116,7 +121,12 @@ def measure(args: argparse.Namespace) -> dict:
     import transformers
     from tqdm import tqdm
 
-    from lowbit.tts.calibrate import DecodeCalibration, synced_clock, time_decode
+    from lowbit.tts.calibrate import (
+        DecodeCalibration,
+        synced_clock,
+        time_cached_drafter,
+        time_decode,
+    )
     from lowbit.tts.executors import load, run_plan, sample_pool, task_prompt
     from lowbit.tts.planner import Plan
     from lowbit.tts.problems import parse_spec
@@ -146,9 +156,14 @@ def measure(args: argparse.Namespace) -> dict:
     cost, draft = cal.fit(meta={"model": args.model, "clock": "synchronised wall clock" if gpu
                                 else "process_time", "threads": args.threads})
     draft_cal = DecodeCalibration((), ())
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    drafter_timings = []
     if draft_model is not None:
         draft_cal = time_decode(draft_model, cal_rows, [0], **cal_kw)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        drafter_timings = time_cached_drafter(
+            draft_model, cal_rows, cal_kw["prompt"], gamma=max(args.gamma, 2),
+            iterations=args.cal_steps, repeats=args.repeats, temperature=args.temperature,
+            pad_token_id=pad, clock=clock)
     shapes = {"sequential": (1, 0), "branches": (args.b, 0), "speculation": (1, args.gamma),
               "both": (args.b, args.gamma)}
     runs = {c: [] for c in CONFIGS}
@@ -166,7 +181,9 @@ def measure(args: argparse.Namespace) -> dict:
                          "transformers": transformers.__version__},
             "model": args.model, "problems": args.problems, "b": args.b, "gamma": args.gamma,
             **({"draft_model": args.draft_model, "dtype": args.dtype,
-                "draft_calibration_timings": [t.__dict__ for t in draft_cal.target]}
+                "draft_calibration_timings": [t.__dict__ for t in draft_cal.target],
+                "drafter_calibration": {"timings": [t.__dict__ for t in drafter_timings],
+                                        "source": "measured with the study"}}
                if draft_model is not None else {}),
             "n_max": args.n_max, "temperature": args.temperature,
             "shapes": {c: list(v) for c, v in shapes.items()},
@@ -294,6 +311,39 @@ def recalibrate(doc: dict, args: argparse.Namespace) -> None:
         "repeats": kw["repeats"]}
 
 
+def set_drafter_calibration(doc: dict, path: str) -> None:
+    """Use the drafter timings in ``path`` (``{"timings": [...], ...provenance}``) for the draft
+    model's cost; the latency errors with the previous draft cost go to
+    ``doc["drafter_calibration_before"]``."""
+    if "draft_model" not in doc:
+        raise SystemExit("--drafter-calibration needs a study with --draft-model")
+    with open(path) as fh:
+        cal = json.load(fh)
+    analyse(doc)
+    pre = _clock(doc)[0]
+    doc["drafter_calibration_before"] = {
+        "draft": doc["draft"],
+        "latency": {c: {k: v for k, v in d.items() if k.startswith(pre)}
+                    for c, d in doc["latency"].items()}}
+    doc["drafter_calibration"] = {**cal, "source": path}
+
+
+def _drafter_note(doc: dict) -> list[str]:
+    """Lines on a drafter calibration taken from elsewhere (``--drafter-calibration``)."""
+    before = doc.get("drafter_calibration_before")
+    if not before:
+        return []
+    pre, label = _clock(doc)
+    cal, lat = doc["drafter_calibration"], before["latency"]
+    per = " / ".join(f"{lat[k][pre + '_expected']:.1%}" for k in CONFIGS)
+    return [f"Drafter cost from `{cal['source']}` ({cal.get('note', '')}): "
+            f"{len(cal['timings'])} timings of `CachedModelDrafter.propose`. With the draft "
+            f"model's plain decode loop ({before['draft'].get('calibration', 'decode loop')}) "
+            f"instead, the median error against {label} time was "
+            f"{lat['all'][pre + '_expected']:.1%} (sequential / branches / speculation / both "
+            f"{per}).", ""]
+
+
 def _recalibration_note(doc: dict) -> list[str]:
     """Lines on a calibration measured again after the runs (``--recalibrate``)."""
     rc = doc.get("recalibration")
@@ -327,9 +377,14 @@ def analyse(doc: dict) -> None:
     doc["cost"] = {k: v for k, v in cost.to_dict().items() if k != "timings"}
     doc["draft"] = draft.to_dict()
     if "draft_model" in doc:
-        dcost = CostModel.fit([Timing(**t) for t in doc["draft_calibration_timings"]],
-                              meta={"model": doc["draft_model"]}, per_row=True)
-        doc["draft"] = {"kind": "cached model", "model": {
+        # the drafter as executed when it was timed (time_cached_drafter), else the draft
+        # model's plain decode loop
+        src = doc.get("drafter_calibration", {}).get("timings") or doc[
+            "draft_calibration_timings"]
+        dcost = CostModel.fit([Timing(**t) for t in src], meta={"model": doc["draft_model"]},
+                              per_row=True)
+        doc["draft"] = {"kind": "cached model", "calibration": "drafter" if src is not doc[
+            "draft_calibration_timings"] else "draft decode loop", "model": {
             k: v for k, v in dcost.to_dict().items() if k != "timings"}}
 
     tasks = [r["task"] for r in doc["runs"]["sequential"]]
@@ -453,7 +508,8 @@ def pool_curves(doc: dict, n_budgets: int = 12) -> dict:
     """Accuracy versus budget on the sample pool (module docstring, 5): per strategy and budget,
     the plan picked on one fold of the pool's problems and its accuracy on the other (2-fold,
     mean), with the calibrated cost model and the acceptance of all executed speculative runs.
-    Grids: B in ``POOL_B`` up to K, gamma in {0, the study's gamma}."""
+    Grids: B in ``POOL_B`` up to K, gamma in {0, the study's gamma}; token budgets snap down to
+    64 length quantiles of the planning fold (``AccuracyTable(grid=64)``)."""
     import numpy as np
 
     from lowbit.tts.planner import Planner
@@ -471,7 +527,7 @@ def pool_curves(doc: dict, n_budgets: int = 12) -> dict:
     m = _clock(doc)[0] + "_s"
     meas = [r[m] for c in CONFIGS for r in doc["runs"][c]]
     budgets = np.geomspace(0.25 * min(meas), 2 * max(meas), n_budgets).tolist()
-    planners = [Planner(setup, AccuracyTable(f), f, draws=16) for f in folds]
+    planners = [Planner(setup, AccuracyTable(f, grid=64), f, draws=16) for f in folds]
     out = {}
     for name, (b_grid, g_grid) in grids.items():
         points = []
@@ -507,15 +563,19 @@ def _pair_notes(doc: dict) -> list[str]:
         f"Problems run: {len(tasks)} ({', '.join(tasks)}); OUT.json is rewritten after each "
         "problem, so a study stopped early is analysed on the problems it completed.", "",
         f"Drafter: {doc['draft_model']} with a KV cache kept across iterations "
-        "(`CachedModelDrafter` in this script; each iteration feeds the 1-2 tokens a row gained, "
+        "(`tts.speculative.CachedModelDrafter`; each iteration feeds the 1-2 tokens a row gained, "
         f"then gamma - 1 one-token steps), in {doc['dtype']} like the target; prompt lookup was "
         "not run for this pair. `tts.speculative.ModelDrafter` re-encodes every history at "
         "each iteration (what `DraftCost(\"model\")` models): at B=1 and the median prompt "
         f"({prompt} tokens) the calibrated costs are {again.iteration_s(1, g, prompt):.2f} s "
         f"per iteration re-encoding, {cached.iteration_s(1, g, prompt):.2f} s cached, against "
         f"{target.forward_s(1, 1, prompt):.2f} s for one decode step of the target. The cached "
-        "drafter's cost model (`CachedDraftCost`) is the draft model's own decode-loop "
-        "calibration (`time_decode`, gamma 0, same rows and prompt).",
+        "drafter's cost model (`CachedDraftCost`) is fitted on "
+        + ("timings of the drafter itself (`calibrate.time_cached_drafter`: its cache "
+           "bookkeeping, rollback and sampling included)."
+           if doc["draft"].get("calibration") == "drafter" else
+           "the draft model's own decode-loop calibration (`time_decode`, gamma 0, same rows "
+           "and prompt)."),
         "",
         f"Measured acceptance (all speculative runs): tau({g}) = {acc.tau(g):.2f} tokens per "
         "verify step; P(first j drafts accepted) = "
@@ -555,6 +615,7 @@ def write(doc: dict, out: str) -> None:
              f"{cost['a5']:.3g}*min(B*s, {cost['knee']:g}) s "
              f"(median rel. residual {cost['rel_residual']:.1%}); {draft_cost}", "",
              *_recalibration_note(doc),
+             *_drafter_note(doc),
              *_pair_notes(doc),
              "## Predicted versus measured latency", "",
              "Per run: simulated with its own branch lengths and the leave-one-problem-out "

@@ -209,3 +209,38 @@ def test_model_drafter_sampled_drafts():
     d = ModelDrafter(draft).propose([[5, 6, 7], [8, 9]], [2, 1], 0.7,
                                     torch.Generator().manual_seed(0))
     assert [len(t) for t in d.tokens] == [2, 1] and d.probs[0].shape == (2, 128)
+
+
+def test_time_cached_drafter_rolls_back_and_feeds_one_token(monkeypatch):
+    """Each timed call extends every row by one token past the previous call's history (its
+    drafts rejected), on an interleaved grid; the timings are in ``CachedDraftCost`` form."""
+    from lowbit.tts import speculative
+    from lowbit.tts.calibrate import time_cached_drafter
+    from lowbit.tts.latency import CachedDraftCost
+
+    draft = tiny_llama(dtype="float32", seed=1)
+    calls, steps = [], []
+    propose, step = speculative.CachedModelDrafter.propose, speculative.CachedModelDrafter._step
+
+    def spy(self, hist, gammas, *a):
+        calls.append((len(hist), len(hist[0]), gammas[0]))
+        return propose(self, hist, gammas, *a)
+
+    def spy_step(self, new):
+        steps.append(max(len(x) for x in new))
+        return step(self, new)
+
+    monkeypatch.setattr(speculative.CachedModelDrafter, "propose", spy)
+    monkeypatch.setattr(speculative.CachedModelDrafter, "_step", spy_step)
+    ts = time_cached_drafter(draft, [1, 2], [6], gamma=3, iterations=2, repeats=1)
+    one = [(b, n, g) for b in (1, 2) for g in (1, 3) for n in (6, 7, 8)]
+    assert calls == one
+    # after the prefill every forward feeds one token per row (no re-encoding): per row count,
+    # gamma 1: one per timed call; gamma 3: three per timed call plus two after the prefill
+    assert steps == [1] * 2 * (2 * 1 + 2 * 3 + 2)
+    assert [(t.rows, t.tokens, t.context) for t in ts] == [
+        (b, 1, c) for b in (1, 2) for c in (7, 7, 8, 8)]
+    cost = CachedDraftCost(CostModel.fit(ts, per_row=True))
+    assert cost.iteration_s(2, 3, 8) > 0
+    with pytest.raises(ValueError, match="gamma"):
+        time_cached_drafter(draft, [1], [6], gamma=1)

@@ -77,3 +77,30 @@ def test_wall_clock_report(script, model_dir, tmp_path, monkeypatch):
     md = Path(out + ".md").read_text()
     assert "error vs wall-clock (expected)" in md and "device-synchronised wall clock" in md
     assert "pool" not in md
+
+
+def test_pair_study_drafter_calibration(script, model_dir, tmp_path, monkeypatch):
+    """With a draft model the study times the cached drafter itself; ``--recompute
+    --drafter-calibration`` swaps in timings from ``bench/tts_gpu_drafter_calibrate.py`` and
+    keeps the errors before."""
+    out = str(tmp_path / "p")
+    _main(script, monkeypatch, "--model", model_dir, "--draft-model", model_dir, "--problems",
+          _PROBLEMS.replace(":4:", ":3:"), "--b", "2", "--gamma", "2", "--n-max", "4",
+          "--cal-rows", "1,2", "--cal-steps", "2", "--repeats", "1", "--out", out)
+    doc = json.loads(Path(out + ".json").read_text())
+    assert doc["drafter_calibration"]["source"] == "measured with the study"
+    assert len(doc["drafter_calibration"]["timings"]) == 2 * 2 * 2  # rows x steps x (feed, step)
+    assert doc["draft"]["calibration"] == "drafter"
+    spec = importlib.util.spec_from_file_location("tts_gpu_drafter_calibrate",
+                                                  _PATH.parent / "tts_gpu_drafter_calibrate.py")
+    cal_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cal_script)
+    cal = tmp_path / "drafter.json"
+    cal_script.main(["--tiny", "--out", str(cal), "--rows", "1,2", "--contexts", "8",
+                     "--iterations", "2", "--repeats", "1"])
+    assert len(json.loads(cal.read_text())["timings"]) == 8
+    _main(script, monkeypatch, "--recompute", "--drafter-calibration", str(cal), "--out", out)
+    again = json.loads(Path(out + ".json").read_text())
+    assert again["drafter_calibration"]["source"] == str(cal)
+    assert set(again["drafter_calibration_before"]["latency"]["all"]) >= {"cpu_expected"}
+    assert f"Drafter cost from `{cal}`" in Path(out + ".md").read_text()

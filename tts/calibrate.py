@@ -11,6 +11,9 @@
   overheads too, and the same step can take 3 times longer in some stretches than in others.
 * ``time_model_drafter``: ``speculative.ModelDrafter.propose`` on a (rows, context) grid, in the
   form of ``DraftCost("model")`` (re-encoding the history, then one-token steps).
+* ``time_cached_drafter``: ``speculative.CachedModelDrafter.propose`` iterations, in the form of
+  ``latency.CachedDraftCost``: the drafter as executed (its cache bookkeeping, rollback of
+  rejected drafts and sampling included), not the draft model's plain decode loop.
 * ``synced_clock``: a wall clock that waits for the device's queued work (CUDA) before reading.
 """
 
@@ -251,3 +254,49 @@ def time_model_drafter(model, rows: Sequence[int], contexts: Sequence[int], *, g
         t1, tg = reduce(times[b, c, 1]), reduce(times[b, c, gamma])
         out += [Timing(b, c, 0, t1), Timing(b, 1, c, (tg - t1) / (gamma - 1))]
     return out
+
+
+def time_cached_drafter(model, rows: Sequence[int], contexts: Sequence[int], *, gamma: int = 4,
+                        iterations: int = 8, repeats: int = 3, temperature: float = 0.7,
+                        seed: int = 0, pad_token_id: int = 0, clock=time.perf_counter,
+                        reduce: Callable[[Sequence[float]], float] = min) -> list[Timing]:
+    """Timings of ``speculative.CachedModelDrafter(model).propose`` for
+    ``CostModel.fit(..., per_row=True)`` in the form of ``latency.CachedDraftCost``: for every
+    (rows, context), a drafter is prefilled with a random ``context``-token history per row
+    (identical rows, as for branches; untimed), then ``iterations`` calls each after one new
+    random token per row (its drafts rejected: the drafter rolls them back and feeds one
+    token), once proposing 1 token per row (the feed, ``Timing(rows, 1, c, t_1)``) and once
+    ``gamma`` (``Timing(rows, 1, c, (t_gamma - t_1) / (gamma - 1))`` for each one-token step),
+    ``c`` the history length at that call. ``reduce`` over ``repeats`` interleaved passes over
+    the grid; ``clock`` as in ``time_decode``."""
+    import torch
+
+    from .speculative import CachedModelDrafter
+
+    if gamma < 2:
+        raise ValueError("gamma >= 2: the one-token steps are timed against gamma = 1")
+    if iterations < 1:
+        raise ValueError("iterations >= 1")
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    ids = torch.Generator().manual_seed(seed)
+    vocab = model.config.vocab_size
+    grid = [(b, c, torch.randint(3, vocab, (c + iterations,), generator=ids).tolist())
+            for b in rows for c in contexts]
+    times: dict[tuple[int, int, int, int], list[float]] = {}
+    for _ in range(repeats):
+        for b, c, hist in grid:
+            for g in (1, gamma):
+                drafter = CachedModelDrafter(model, pad_token_id)
+                drafter.propose([hist[:c]] * b, [g] * b, temperature, gen)
+                for k in range(1, iterations + 1):
+                    t0 = clock()
+                    drafter.propose([hist[:c + k]] * b, [g] * b, temperature, gen)
+                    times.setdefault((b, c, k, g), []).append(clock() - t0)
+    out: list[Timing] = []
+    for b, c, _ in grid:
+        for k in range(1, iterations + 1):
+            t1, tg = reduce(times[b, c, k, 1]), reduce(times[b, c, k, gamma])
+            out += [Timing(b, 1, c + k, t1), Timing(b, 1, c + k, max(tg - t1, 0.0) / (gamma - 1))]
+    return out
+
