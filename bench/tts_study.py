@@ -337,8 +337,8 @@ def _drafter_note(doc: dict) -> list[str]:
     cal, lat = doc["drafter_calibration"], before["latency"]
     per = " / ".join(f"{lat[k][pre + '_expected']:.1%}" for k in CONFIGS)
     return [f"Drafter cost from `{cal['source']}` ({cal.get('note', '')}): "
-            f"{len(cal['timings'])} timings of `CachedModelDrafter.propose`. With the draft "
-            f"model's plain decode loop ({before['draft'].get('calibration', 'decode loop')}) "
+            f"{len(cal['timings'])} timings of `CachedModelDrafter.propose`. With the "
+            f"previous draft cost ({before['draft'].get('calibration', 'draft decode loop')}) "
             f"instead, the median error against {label} time was "
             f"{lat['all'][pre + '_expected']:.1%} (sequential / branches / speculation / both "
             f"{per}).", ""]
