@@ -370,19 +370,20 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int | S
                 out[r].append(t)
                 logprob[r] += lps[i]
             next_pos += 1
-        for i, r in enumerate(active if width > 1 else ()):
-            d = drafts.tokens[i]
-            q = drafts.probs[i] if i < len(drafts.probs) else None
-            acc, new = _verify(p_all[i], d, q, temperature, gen)
-            steps.append((gammas[i], len(d), acc))
-            emitted = d[:acc] + [new]
-            for j, t in enumerate(emitted):
-                out[r].append(t)
-                logprob[r] += float(lp_all[i, j, t])
-                if eos_token_id is not None and t == eos_token_id:
-                    break
-            mask[i, mask.shape[1] - width + 1 + acc:] = 0
-            next_pos[i] += 1 + acc
+        else:
+            for i, r in enumerate(active):
+                d = drafts.tokens[i]
+                q = drafts.probs[i] if i < len(drafts.probs) else None
+                acc, new = _verify(p_all[i], d, q, temperature, gen)
+                steps.append((gammas[i], len(d), acc))
+                emitted = d[:acc] + [new]
+                for j, t in enumerate(emitted):
+                    out[r].append(t)
+                    logprob[r] += float(lp_all[i, j, t])
+                    if eos_token_id is not None and t == eos_token_id:
+                        break
+                mask[i, mask.shape[1] - width + 1 + acc:] = 0
+                next_pos[i] += 1 + acc
         t_end = clock()
         timeline.append(StepTime(len(active), width, context, t_draft - t_iter, t_end - t_draft))
     return Generation(out, logprob, finish, stop, steps, forwards, clock() - t_start,
