@@ -108,6 +108,8 @@ def main() -> None:
     else:
         if not args.problems:
             ap.error("--problems is required (unless --recompute)")
+        if args.run_repeats < 1 or args.pool_k < 0:
+            ap.error("--run-repeats must be >= 1 and --pool-k >= 0")
         doc = measure(args)
     if args.reading:
         with open(args.reading) as fh:
