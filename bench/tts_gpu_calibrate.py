@@ -32,6 +32,7 @@ from pathlib import Path
 
 QWEN25 = {  # hidden, intermediate, layers, heads, kv heads, vocab (Qwen2.5 model cards)
     "0.5b": (896, 4864, 24, 14, 2, 151936),
+    "1.5b": (1536, 8960, 28, 12, 2, 151936),
     "3b": (2048, 11008, 36, 16, 2, 151936),
     "32b": (5120, 27648, 64, 40, 8, 152064),
     "tiny": (64, 128, 2, 4, 2, 1000),

@@ -21,9 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tts_gpu_calibrate import QWEN25, _tts, build  # noqa: E402
-
-QWEN25_15B = (1536, 8960, 28, 12, 2, 151936)
+from tts_gpu_calibrate import _tts, build  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,7 +41,6 @@ def main(argv: list[str] | None = None) -> None:
     _tts()
     from lowbit.tts.calibrate import synced_clock, time_cached_drafter, time_decode
 
-    QWEN25.setdefault("1.5b", QWEN25_15B)
     if args.tiny:
         device, dtype, draft, target = "cpu", torch.float32, "tiny", "tiny"
     else:
@@ -63,12 +60,15 @@ def main(argv: list[str] | None = None) -> None:
     timings = time_cached_drafter(model, rows, contexts, gamma=args.gamma,
                                   iterations=args.iterations, repeats=args.repeats, clock=clock)
     out["timings"] = [t.__dict__ for t in timings]
-    for name, m in ((draft, model), (target, None)):
-        m = m if m is not None else build(name, device, dtype)
+
+    def decode(m) -> list[dict]:
         cal = time_decode(m, rows, [0], prompt=contexts, new_tokens=args.iterations,
                           repeats=args.repeats, clock=clock, progress=False)
-        out["decode"][name] = [t.__dict__ for t in cal.target]
-        del m
+        return [t.__dict__ for t in cal.target]
+
+    out["decode"][draft] = decode(model)
+    del model
+    out["decode"][target] = decode(build(target, device, dtype))
     out["seconds"] = time.perf_counter() - t0
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))

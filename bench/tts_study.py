@@ -381,12 +381,12 @@ def analyse(doc: dict) -> None:
     if "draft_model" in doc:
         # the drafter as executed when it was timed (time_cached_drafter), else the draft
         # model's plain decode loop
-        src = doc.get("drafter_calibration", {}).get("timings") or doc[
-            "draft_calibration_timings"]
+        timed = doc.get("drafter_calibration", {}).get("timings")
+        src, kind = ((timed, "drafter") if timed else
+                     (doc["draft_calibration_timings"], "draft decode loop"))
         dcost = CostModel.fit([Timing(**t) for t in src], meta={"model": doc["draft_model"]},
                               per_row=True)
-        doc["draft"] = {"kind": "cached model", "calibration": "drafter" if src is not doc[
-            "draft_calibration_timings"] else "draft decode loop", "model": {
+        doc["draft"] = {"kind": "cached model", "calibration": kind, "model": {
             k: v for k, v in dcost.to_dict().items() if k != "timings"}}
 
     tasks = [r["task"] for r in doc["runs"]["sequential"]]
@@ -495,11 +495,10 @@ def curves(doc: dict, tasks: list[str], n_budgets: int = 12) -> dict:
 
 
 def _stored_pool(doc: dict):
-    from lowbit.tts.pool import Problem, Sample, SamplePool
+    from lowbit.tts.pool import Problem, SamplePool
 
-    return SamplePool(tuple(
-        Problem(**{**p, "samples": tuple(Sample(**x) for x in p["samples"])})
-        for p in doc["pool"]["problems"]), doc["pool"]["meta"])
+    return SamplePool(tuple(Problem.from_dict(p) for p in doc["pool"]["problems"]),
+                      doc["pool"]["meta"])
 
 
 POOL_B = (1, 2, 4, 8, 16)

@@ -1,20 +1,13 @@
 """``bench/moe_gpu_timing.py`` on the CPU: the timed CMoE layer is the dense FFN carved up."""
 
-import importlib.util
-import pathlib
-
 import pytest
 import torch
-
-_PATH = pathlib.Path(__file__).resolve().parents[1] / "bench" / "moe_gpu_timing.py"
+from _bench import load_bench
 
 
 @pytest.fixture(scope="module")
 def timing():
-    spec = importlib.util.spec_from_file_location("moe_gpu_timing", _PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("moe_gpu_timing")
 
 
 @pytest.mark.parametrize("config", ["S3A3E8", "S1A5E8", "S0A2E4"])
@@ -40,10 +33,7 @@ def test_dry_run_writes_json_and_markdown(timing, tmp_path, monkeypatch):
 
 
 def test_layer_diag_errors():
-    spec = importlib.util.spec_from_file_location(
-        "moe_layer_diag", _PATH.with_name("moe_layer_diag.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_bench("moe_layer_diag")
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaMLP
 

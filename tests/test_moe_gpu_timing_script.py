@@ -1,22 +1,17 @@
 """``bench/moe_gpu_timing.py``: every routed implementation is the same layer (CPU checks)."""
 
-import importlib.util
 import json
-import pathlib
 
 import pytest
 import torch
+from _bench import load_bench
 
-_PATH = pathlib.Path(__file__).resolve().parents[1] / "bench" / "moe_gpu_timing.py"
 _ROUTED = ("cmoe", "fused", "fused_bag", "padded", "loop")
 
 
 @pytest.fixture(scope="module")
 def timing():
-    spec = importlib.util.spec_from_file_location("moe_gpu_timing_script", _PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("moe_gpu_timing")
 
 
 def _layer(timing, config, dtype=torch.float32):

@@ -2,13 +2,13 @@
 there is one), and the ``tts`` pieces it added: per-row token limits, device placement, the
 synchronised clock, the draft-model timing."""
 
-import importlib.util
 import json
 import re
 import time
 from pathlib import Path
 
 import pytest
+from _bench import load_bench
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -18,7 +18,6 @@ from lowbit.tts.drafts import tiny_llama  # noqa: E402
 from lowbit.tts.latency import CostModel, DraftCost  # noqa: E402
 from lowbit.tts.speculative import ModelDrafter, generate  # noqa: E402
 
-_PATH = Path(__file__).resolve().parents[1] / "bench" / "tts_gpu_latency.py"
 _RUNS = {"sequential", "branches", "speculation-lookup", "both-lookup", "speculation-model",
          "both-model"}
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -26,10 +25,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("tts_gpu_latency", _PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("tts_gpu_latency")
 
 
 @pytest.fixture

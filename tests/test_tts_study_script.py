@@ -1,28 +1,24 @@
 """``bench/tts_study.py`` end to end on a tiny random model (CPU): runs, calibration, sample
 pool, the analysis and the report; the wall-clock (GPU) report path on the same runs."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
+from _bench import load_bench
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("matplotlib")
 pytest.importorskip("reasoning_gym")
 
-_PATH = Path(__file__).resolve().parents[1] / "bench" / "tts_study.py"
 _PROBLEMS = "rg:basic_arithmetic:4:0:min_terms=2,max_terms=2,max_digits=1,operators=+"
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("tts_study", _PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("tts_study")
 
 
 def _main(script, monkeypatch, *argv):
@@ -91,10 +87,7 @@ def test_pair_study_drafter_calibration(script, model_dir, tmp_path, monkeypatch
     assert doc["drafter_calibration"]["source"] == "measured with the study"
     assert len(doc["drafter_calibration"]["timings"]) == 2 * 2 * 2  # rows x steps x (feed, step)
     assert doc["draft"]["calibration"] == "drafter"
-    spec = importlib.util.spec_from_file_location("tts_gpu_drafter_calibrate",
-                                                  _PATH.parent / "tts_gpu_drafter_calibrate.py")
-    cal_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cal_script)
+    cal_script = load_bench("tts_gpu_drafter_calibrate")
     cal = tmp_path / "drafter.json"
     cal_script.main(["--tiny", "--out", str(cal), "--rows", "1,2", "--contexts", "8",
                      "--iterations", "2", "--repeats", "1"])

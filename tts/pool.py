@@ -43,6 +43,11 @@ class Problem:
     samples: tuple[Sample, ...]
     question: str = ""
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Problem:
+        """The inverse of ``dataclasses.asdict`` (samples as dicts)."""
+        return cls(**{**d, "samples": tuple(Sample(**x) for x in d["samples"])})
+
 
 @dataclass(frozen=True)
 class SamplePool:
@@ -77,8 +82,7 @@ class SamplePool:
                 if "meta" in d:
                     meta = d["meta"]
                     continue
-                samples = tuple(Sample(**s) for s in d.pop("samples"))
-                problems.append(Problem(samples=samples, **d))
+                problems.append(Problem.from_dict(d))
         return cls(tuple(problems), meta)
 
 
